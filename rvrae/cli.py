@@ -1,0 +1,138 @@
+"""The `rvrae` command: parse, call, print (SPEC §7).
+
+`main(argv=None) -> int` so tests run it in-process. A `UserError` anywhere becomes one line
+on stderr and exit code 2; nothing is written before the input has been validated.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from rvrae.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+data_app = typer.Typer(no_args_is_help=True, help="Write, check and describe panels.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., "--out", help="Parquet or CSV file to write"),
+    stocks: Optional[int] = typer.Option(None, help="stocks alive per month (default panel if unset)"),
+    months: Optional[int] = typer.Option(None, help="number of months"),
+    chars: Optional[int] = typer.Option(None, help="number of characteristics"),
+    seed: int = typer.Option(0, help="seed of the planted model"),
+):
+    """Write the planted synthetic panel (SPEC §2.4) as a long panel, and print its oracle."""
+    from rvrae.data.synthetic import SynthConfig, make_synthetic, write_synthetic
+    from rvrae.results.render import print_oracle
+
+    overrides = {k: v for k, v in dict(n_stocks=stocks, n_months=months, n_chars=chars).items() if v is not None}
+    synth = make_synthetic(SynthConfig(seed=seed, **overrides))
+    write_synthetic(synth, out)
+    console.print(f"wrote {out}")
+    print_oracle(synth, console)
+
+
+@data_app.command("check")
+def data_check(
+    path: Path,
+    alignment: str = typer.Option("same_row", help="same_row or lag"),
+    percent: bool = typer.Option(False, help="returns are in percent"),
+):
+    """Validate a panel file: exit 0 if valid, exit 2 with one clear line if not."""
+    from rvrae.data.io import load_panel
+
+    panel = load_panel(path, alignment=alignment, percent=percent)
+    console.print(f"ok: {path}: {panel.T} months, {panel.N} stocks, {panel.C} characteristics")
+
+
+@data_app.command("info")
+def data_info(
+    path: Path,
+    alignment: str = typer.Option("same_row", help="same_row or lag"),
+    percent: bool = typer.Option(False, help="returns are in percent"),
+):
+    """Months, stocks per month, characteristics and missing share, as the loader sees them."""
+    from rvrae.data.io import load_panel
+    from rvrae.results.render import print_panel_info
+
+    print_panel_info(load_panel(path, alignment=alignment, percent=percent), console)
+
+
+@app.command("table")
+def table(
+    directory: Path,
+    study: Optional[str] = typer.Option(None, help="tune, benchmark, robustness or speed (default: all present)"),
+    fmt: str = typer.Option("rich", "--format", help="rich, markdown, latex or csv"),
+    metrics: Optional[str] = typer.Option(None, help="comma-separated metric columns (custom table)"),
+):
+    """Paper-style mean(std) tables over seeds from a results folder."""
+    from rvrae.results.render import render_tables
+    from rvrae.results.store import read_results
+    from rvrae.results.tables import build_tables
+
+    df = read_results(directory, study=study)
+    tables = build_tables(df, study=study, metrics=metrics.split(",") if metrics else None)
+    text = render_tables(tables, fmt, console=console)
+    if text:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@app.command("plot")
+def plot(
+    directory: Path,
+    out: Path = typer.Option(..., "--out", help="folder for the PNG figures"),
+):
+    """PNG figures: cumulative long-short returns, Rank IC by m, tuning history."""
+    from rvrae.results.plots import make_plots
+
+    for p in make_plots(directory, out):
+        console.print(f"wrote {p}")
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("results/demo"), "--out"),
+    seeds: int = typer.Option(2, help="seeds per cell"),
+    epochs: int = typer.Option(4, help="epoch cap per neural model"),
+    verbose: bool = typer.Option(False, help="show Ray's own logs"),
+):
+    """The main job: all six models on the synthetic panel through Ray Tune, then the tables."""
+    from rvrae.study.demo import run_demo
+
+    run_demo(out=out, seeds=seeds, epochs=epochs, verbose=verbose, console=console)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False, prog_name="rvrae")
+    except UserError as e:
+        Console(stderr=True).print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        return UserError.exit_code
+    except typer.Exit as e:  # --help and friends
+        return e.exit_code
+    except Exception as e:  # click usage errors (bad option values) are user errors too
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            Console(stderr=True).print(f"error: {e.format_message()}", markup=False, soft_wrap=True)
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""The six models behind one interface: see base.py and registry.py."""

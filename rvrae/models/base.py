@@ -1,0 +1,213 @@
+"""The model interface every model implements (SPEC §3), and the shared machinery of the
+neural ones: batches of months with their windows, and fit/predict on top of rvrae.train.
+
+    model = make_model(name, config)
+    model.fit(train, valid, seed=0, device="cpu", progress=None)   # returns self
+    fc = model.predict(panel, months)                             # -> Forecast
+
+Estimator manners (scikit-learn): the constructor stores the config only; fitted state gets
+a trailing underscore.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+
+from rvrae.data.panel import Panel, window_months
+from rvrae.errors import UserError
+
+# progress(epoch, {"train_loss": ..., "valid_loss": ...}); the study harness reports it to Tune.
+Progress = Callable[[int, dict], None]
+
+
+@dataclass
+class Forecast:
+    """What a model says about `months` (SPEC §3). Arrays are numpy, float32."""
+
+    months: np.ndarray  # [t] month indices into the panel
+    r_hat: np.ndarray  # [t, N] forecast from information before the month (IC, Sharpe)
+    beta: np.ndarray  # [t, N, K]
+    f_post: np.ndarray  # [t, K] factors inferred with the month's realised returns (total R²)
+    f_prior: np.ndarray  # [t, K] forecast factors (the prevailing mean where none)
+    r_std: np.ndarray | None = None  # [t, N] forecast std, where the model has one
+
+
+def config_from_dict(config_cls: type, values: dict | Any | None, model: str = "") -> Any:
+    """Build a config dataclass; unknown keys are an error, never silently swallowed."""
+    if values is None:
+        return config_cls()
+    if dataclasses.is_dataclass(values) and not isinstance(values, dict):
+        return values
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(
+            f"unknown config key {unknown[0]!r} for model {model or config_cls.__name__!r} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    return config_cls(**values)
+
+
+class FactorModel(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config=None):
+        self.config = config_from_dict(self.Config, config, getattr(self, "name", ""))
+
+    @abstractmethod
+    def fit(
+        self,
+        train: Panel,
+        valid: Panel,
+        seed: int = 0,
+        device: str = "cpu",
+        progress: Progress | None = None,
+    ) -> "FactorModel": ...
+
+    @abstractmethod
+    def predict(self, panel: Panel, months: np.ndarray | None = None) -> Forecast: ...
+
+
+@dataclass
+class NeuralConfig:
+    """Training settings shared by every neural model (the one loop in rvrae.train)."""
+
+    lr: float = 1e-3  # Adam; the usual default of every peer
+    epochs: int = 50  # cap; early stopping usually ends sooner
+    patience: int = 5  # epochs without a better validation loss before stopping
+    grad_clip: float = 1.0  # max gradient norm; recurrent nets need it
+    batch_months: int = 1  # months per optimiser step: one cross-section per step (GKX, CPZ)
+    weight_decay: float = 0.0
+    seq_len: int = 12  # window length T (SPEC §2.2)
+
+
+@dataclass
+class Batch:
+    """A batch of target months with their windows, gathered on the fly from the panel.
+
+    The last window position is the target month itself: `x[:, -1]` (its characteristics)
+    is known before the month, but `r_hist[:, -1]` is the realised target and may only feed
+    the loss or the posterior, never a forecast.
+    """
+
+    months: torch.Tensor  # [B] long
+    x: torch.Tensor  # [B, L, N, C] characteristic windows (0 before the panel starts)
+    r_hist: torch.Tensor  # [B, L, N] returns over the window, target month last
+    m_hist: torch.Tensor  # [B, L, N] float mask over the window
+    r: torch.Tensor  # [B, N] target returns (= r_hist[:, -1])
+    m: torch.Tensor  # [B, N] float target mask (= m_hist[:, -1])
+
+
+class PanelTensors:
+    """The panel's arrays as tensors on one device, made once per fit/predict (zero-copy on
+    the CPU); `batch(months)` gathers windows for a few months only."""
+
+    def __init__(self, panel: Panel, device: str | torch.device, seq_len: int):
+        self.device = torch.device(device)
+        self.seq_len = seq_len
+        self.chars = torch.from_numpy(np.ascontiguousarray(panel.chars)).to(self.device)
+        self.ret = torch.from_numpy(np.ascontiguousarray(panel.ret)).to(self.device)
+        self.mask = torch.from_numpy(panel.mask.astype(np.float32)).to(self.device)
+
+    def batch(self, months: np.ndarray) -> Batch:
+        idx, ok = window_months(np.asarray(months), self.seq_len)
+        idx_t = torch.from_numpy(idx).to(self.device)
+        ok_t = torch.from_numpy(ok.astype(np.float32)).to(self.device)  # [B, L]
+        x = self.chars[idx_t] * ok_t[:, :, None, None]
+        r_hist = self.ret[idx_t] * ok_t[:, :, None]
+        m_hist = self.mask[idx_t] * ok_t[:, :, None]
+        return Batch(
+            months=torch.from_numpy(np.asarray(months)).to(self.device),
+            x=x, r_hist=r_hist, m_hist=m_hist, r=r_hist[:, -1], m=m_hist[:, -1],
+        )
+
+
+class NeuralFactorModel(FactorModel):
+    """A model made of an nn.Module trained by the shared loop. Subclasses declare the
+    module (`build`), its loss on a batch and its forecast on a batch; nothing else."""
+
+    Config: ClassVar[type] = NeuralConfig
+
+    @abstractmethod
+    def build(self, panel: Panel) -> torch.nn.Module: ...
+
+    @abstractmethod
+    def loss(self, net: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """Scalar training loss of a batch (the module is in train mode)."""
+
+    @abstractmethod
+    def forecast(self, net: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Keys beta [B,N,K], f_post [B,K]; r_hat [B,N], f_prior [B,K] and r_std [B,N] where
+        the model forecasts factors itself. Called in eval mode under no_grad. A model
+        without a factor forecaster omits f_prior and r_hat: predict() then uses the
+        prevailing mean of f_post (SPEC §3) and r_hat = beta · f_prior."""
+
+    def fit(self, train, valid, seed=0, device="cpu", progress=None):
+        from rvrae.train import fit_module, seed_everything
+
+        seed_everything(seed)
+        self.device_ = torch.device(device)
+        self.net_ = self.build(train).to(self.device_)
+        tensors = PanelTensors(train.view(None), self.device_, self.config.seq_len)
+        valid_tensors = PanelTensors(valid.view(None), self.device_, self.config.seq_len)
+        self.history_ = fit_module(
+            self.net_,
+            lambda b: self.loss(self.net_, b),
+            train_batch=tensors.batch,
+            valid_batch=valid_tensors.batch,
+            train_months=train.target_months,
+            valid_months=valid.target_months,
+            cfg=self.config,
+            seed=seed,
+            progress=progress,
+        )
+        return self
+
+    def _run(self, tensors: PanelTensors, months: np.ndarray, chunk: int = 12) -> dict:
+        self.net_.eval()
+        parts: list[dict] = []
+        with torch.no_grad():
+            for s in range(0, len(months), chunk):
+                out = self.forecast(self.net_, tensors.batch(months[s : s + chunk]))
+                parts.append({k: v.float().cpu().numpy() for k, v in out.items() if v is not None})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def predict(self, panel, months=None):
+        months = panel.target_months if months is None else np.asarray(months)
+        tensors = PanelTensors(panel, self.device_, self.config.seq_len)
+        out = self._run(tensors, months)
+        if "f_prior" in out:
+            return Forecast(
+                months=months, r_hat=out["r_hat"], beta=out["beta"], f_post=out["f_post"],
+                f_prior=out["f_prior"], r_std=out.get("r_std"),
+            )
+        # No factor forecaster: the prevailing mean of f_post over every earlier month.
+        hist = np.arange(int(months.max()) + 1)
+        f_all = self._run(tensors, hist)["f_post"]
+        return forecast_from_prevailing_mean(months, out["beta"], out["f_post"], f_all)
+
+
+def prevailing_mean(f_all: np.ndarray) -> np.ndarray:
+    """[T, K] -> [T, K]: row t is the mean of rows 0..t-1 (zeros for t = 0): the factor
+    forecast of models without a factor forecaster (GKX's prevailing mean; paper eq. 33)."""
+    csum = np.cumsum(f_all, axis=0, dtype=np.float64)
+    out = np.zeros_like(csum)
+    out[1:] = csum[:-1] / np.arange(1, len(f_all))[:, None]
+    return out.astype(np.float32)
+
+
+def forecast_from_prevailing_mean(
+    months: np.ndarray, beta: np.ndarray, f_post: np.ndarray, f_all: np.ndarray
+) -> Forecast:
+    """Forecast with f_prior = prevailing mean of `f_all` (f_post over months 0..max) and
+    r_hat = beta · f_prior. Shared by IPCA, CA, ALSTM and Transformer."""
+    f_prior = prevailing_mean(f_all)[months]
+    r_hat = np.einsum("tnk,tk->tn", beta, f_prior).astype(np.float32)
+    return Forecast(months=months, r_hat=r_hat, beta=beta, f_post=f_post, f_prior=f_prior)

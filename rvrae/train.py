@@ -1,0 +1,102 @@
+"""The one training loop every neural model uses (SPEC §3).
+
+Adam over months (one cross-section or a few per step), gradient clipping, early stopping on
+the validation loss with patience and restore of the best weights, deterministic seeding, CPU
+or CUDA, and an optional per-epoch progress callback (the study harness reports it to Tune).
+Nothing model-specific lives here: a model supplies `loss(batch) -> scalar` only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rvrae.models.base import Batch, NeuralConfig, Progress
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a model may touch. Same seed, same data, same CPU -> same numbers."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fit_module(
+    net: torch.nn.Module,
+    loss_fn: Callable[[Batch], torch.Tensor],
+    train_batch: Callable[[np.ndarray], Batch],
+    valid_batch: Callable[[np.ndarray], Batch],
+    train_months: np.ndarray,
+    valid_months: np.ndarray,
+    cfg: NeuralConfig,
+    seed: int,
+    progress: Progress | None = None,
+) -> list[dict]:
+    """Train `net` in place; returns the per-epoch history. Raises FloatingPointError when the
+    loss stops being finite (the harness records the trial as an error)."""
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best, best_state, bad, history = math.inf, None, 0, []
+    bm = max(1, int(cfg.batch_months))
+    for epoch in range(1, int(cfg.epochs) + 1):
+        net.train()
+        order = rng.permutation(np.asarray(train_months))
+        total = 0.0
+        for s in range(0, len(order), bm):
+            loss = loss_fn(train_batch(order[s : s + bm]))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip and cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            total += loss.item() * len(order[s : s + bm])
+        train_loss = total / max(1, len(order))
+        valid_loss = evaluate_loss(net, loss_fn, valid_batch, valid_months, bm)
+        if not math.isfinite(valid_loss):
+            raise FloatingPointError(f"validation loss became {valid_loss} at epoch {epoch}")
+        record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss}
+        history.append(record)
+        if progress is not None:
+            progress(epoch, dict(record))
+        if valid_loss < best:
+            best, bad = valid_loss, 0
+            best_state = copy.deepcopy(net.state_dict())
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)  # restore the best validation weights
+    return history
+
+
+def evaluate_loss(
+    net: torch.nn.Module,
+    loss_fn: Callable[[Batch], torch.Tensor],
+    make_batch: Callable[[np.ndarray], Batch],
+    months: np.ndarray,
+    batch_months: int,
+) -> float:
+    """Mean loss over `months` in eval mode, without gradients. Sampling models draw from a
+    generator seeded here, so the validation loss is the same on every call."""
+    net.eval()
+    total, count = 0.0, 0
+    months = np.asarray(months)
+    state = torch.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        with torch.no_grad():
+            for s in range(0, len(months), batch_months):
+                part = months[s : s + batch_months]
+                total += loss_fn(make_batch(part)).item() * len(part)
+                count += len(part)
+    finally:
+        torch.set_rng_state(state)
+    return total / max(1, count)
