@@ -1,0 +1,22 @@
+"""Building blocks shared by several models."""
+
+from __future__ import annotations
+
+import torch
+
+
+def managed_portfolios(
+    z: torch.Tensor, r: torch.Tensor, m: torch.Tensor, ridge: float = 1e-4
+) -> torch.Tensor:
+    """Characteristic-managed portfolio returns y = (Zᵀ M Z + εI)⁻¹ Zᵀ M r (GKX; SPEC §3.1).
+
+    z [..., N, C], r [..., N], m [..., N] (float mask) -> y [..., C]. Batched over any leading
+    dims (months, window steps). The ridge ε (scaled by the number of live stocks) keeps the
+    solve well posed when a characteristic is all zero in a month (SPEC §2.2).
+    """
+    zm = z * m.unsqueeze(-1)  # [..., N, C]
+    gram = zm.transpose(-1, -2) @ z  # [..., C, C]
+    n = m.sum(-1).clamp_min(1.0)[..., None, None]  # live stocks
+    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+    rhs = (zm * r.unsqueeze(-1)).sum(-2, keepdim=False).unsqueeze(-1)  # [..., C, 1]
+    return torch.linalg.solve(gram + ridge * n * eye, rhs).squeeze(-1)
