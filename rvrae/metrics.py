@@ -1,0 +1,217 @@
+"""The paper's metrics (SPEC §4): pure numpy functions, arrays in, numbers out.
+
+Every function takes `[t, n]` arrays over the scored months (`ret`, `mask` bool, forecasts)
+and is vectorised over months and stocks. Stock-months outside `mask` are ignored, whatever
+they hold (NaN included). Computation is in float64.
+
+Conventions where the paper is silent (SPEC §4):
+* R² is uncentred and pooled over every masked stock-month (GKX, CPZ; paper eqs. 32–33).
+* IC / Rank IC are per-month Pearson / Spearman correlations (ties get the average rank);
+  months with fewer than `min_stocks` (10) stocks are skipped (NaN in the series).
+* Long-short: each month, stocks sorted on r_hat; the top decile is held long and the bottom
+  decile short, equal-weighted, k = floor(n/10) stocks per leg (ties broken by stock order).
+  Turnover compares this month's target weights with last month's weights *drifted* by last
+  month's returns, w_i (1 + r_i) / Σ_j w_j (1 + r_j), normalised within each leg, and sums the
+  absolute changes over both legs (so it lies in [0, 4]). The first scored month builds the
+  book from cash (turnover 2); a month with too few stocks holds nothing (NaN return), so the
+  month after it rebuilds from cash too. Net = gross − cost × turnover (30 bps).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import norm
+
+TEST_METRICS = (
+    "r2_total", "r2_pred", "r2_forecast", "ic", "icir", "rank_ic", "rank_icir",
+    "sharpe", "sharpe_net", "turnover", "coverage90", "nll",
+)  # fmt: skip
+MIN_STOCKS = 10  # months with fewer stocks are skipped (SPEC §4)
+COST = 0.003  # 30 bps per unit of turnover (paper Table II, after GKX)
+
+
+def _f64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def r2(ret, fitted, mask) -> float:
+    """1 − Σ(r − fitted)² / Σ r², uncentred, pooled over masked stock-months."""
+    mask = np.asarray(mask, dtype=bool)
+    r = _f64(ret)[mask]
+    e = r - _f64(fitted)[mask]
+    den = float(np.sum(r * r))
+    return float(1.0 - np.sum(e * e) / den) if den > 0 else math.nan
+
+
+def r2_total(ret, beta, f_post, mask) -> float:
+    """Total R² (eq. 32): fitted = β̂_t' f̂_t with the factors inferred from month t."""
+    return r2(ret, np.einsum("tnk,tk->tn", _f64(beta), _f64(f_post)), mask)
+
+
+def r2_pred(ret, beta, lam, mask) -> float:
+    """Predictive R² (eq. 33): fitted = β̂_t' λ̂_t, λ̂_t the prevailing mean of the factors."""
+    return r2(ret, np.einsum("tnk,tk->tn", _f64(beta), _f64(lam)), mask)
+
+
+def _ranks(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-row ranks 1..n of the masked entries (average rank for ties), NaN elsewhere.
+
+    One argsort over the whole array: masked-out entries are set to +inf so they sort last."""
+    t, n = x.shape
+    v = np.where(mask, x, np.inf)
+    order = np.argsort(v, axis=1, kind="stable")
+    s = np.take_along_axis(v, order, axis=1)
+    pos = np.broadcast_to(np.arange(n), (t, n))
+    # Runs of equal values: each position's run start (forward max) and run end (backward min).
+    new = np.ones((t, n), dtype=bool)
+    new[:, 1:] = s[:, 1:] != s[:, :-1]
+    start = np.maximum.accumulate(np.where(new, pos, 0), axis=1)
+    last = np.ones((t, n), dtype=bool)
+    last[:, :-1] = new[:, 1:]
+    end = np.minimum.accumulate(np.where(last, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    avg = (start + end) / 2.0 + 1.0
+    ranks = np.empty((t, n))
+    np.put_along_axis(ranks, order, avg, axis=1)
+    return np.where(mask, ranks, np.nan)
+
+
+def ic_series(r_hat, ret, mask, rank: bool = False, min_stocks: int = MIN_STOCKS) -> np.ndarray:
+    """[t] per-month Pearson (or Spearman, rank=True) correlation of r_hat with ret; NaN for
+    months with fewer than `min_stocks` stocks or a constant cross-section."""
+    x, y = _f64(r_hat), _f64(ret)
+    mask = np.asarray(mask, dtype=bool) & np.isfinite(x) & np.isfinite(y)
+    if rank:
+        x, y = _ranks(x, mask), _ranks(y, mask)
+    cnt = mask.sum(axis=1)
+    safe = np.maximum(cnt, 1)
+    x = np.where(mask, x, 0.0)
+    y = np.where(mask, y, 0.0)
+    xc = np.where(mask, x - (x.sum(1) / safe)[:, None], 0.0)
+    yc = np.where(mask, y - (y.sum(1) / safe)[:, None], 0.0)
+    den = np.sqrt((xc * xc).sum(1) * (yc * yc).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (xc * yc).sum(1) / den
+    out[(cnt < min_stocks) | ~(den > 0)] = np.nan
+    return out
+
+
+def icir(series) -> float:
+    """mean / std (ddof 1) of a monthly IC series over its non-NaN months."""
+    s = _f64(series)
+    s = s[np.isfinite(s)]
+    if len(s) < 2:
+        return math.nan
+    sd = s.std(ddof=1)
+    return float(s.mean() / sd) if sd > 0 else math.nan
+
+
+def _nanmean(x) -> float:
+    x = _f64(x)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else math.nan
+
+
+def decile_weights(r_hat, mask, min_stocks: int = MIN_STOCKS) -> tuple[np.ndarray, np.ndarray]:
+    """Long and short leg weights [t, n] (each leg sums to 1; zeros in skipped months):
+    equal-weighted top and bottom decile of r_hat, k = floor(n/10) stocks per leg."""
+    x = _f64(r_hat)
+    mask = np.asarray(mask, dtype=bool) & np.isfinite(x)
+    t, n = x.shape
+    cnt = mask.sum(axis=1)
+    k = cnt // 10
+    order = np.argsort(np.where(mask, x, np.inf), axis=1, kind="stable")
+    ordinal = np.empty((t, n), dtype=np.int64)
+    np.put_along_axis(ordinal, order, np.broadcast_to(np.arange(n), (t, n)), axis=1)
+    ok = (cnt >= min_stocks)[:, None] & mask
+    short = ok & (ordinal < k[:, None])
+    long = ok & (ordinal >= (cnt - k)[:, None])
+    kk = np.maximum(k, 1)[:, None]
+    return long / kk, short / kk
+
+
+def _drift(w: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """w_i (1 + r_i) / Σ_j w_j (1 + r_j) per row (a leg's weights after its returns)."""
+    g = w * (1.0 + r)
+    tot = g.sum(axis=1, keepdims=True)
+    return np.divide(g, tot, out=np.zeros_like(g), where=tot != 0)
+
+
+def long_short(r_hat, ret, mask, cost: float = COST, min_stocks: int = MIN_STOCKS) -> dict:
+    """Decile long-short portfolio: dict(gross=[t], net=[t], turnover=[t]); NaN in months
+    with fewer than `min_stocks` stocks. Turnover convention: see the module docstring."""
+    mask = np.asarray(mask, dtype=bool)
+    r = np.where(mask, _f64(ret), 0.0)
+    wl, ws = decile_weights(r_hat, mask & np.isfinite(r), min_stocks)
+    held = wl.sum(axis=1) > 0
+    gross = (wl * r).sum(1) - (ws * r).sum(1)
+    prev_l = np.zeros_like(wl)
+    prev_s = np.zeros_like(ws)
+    prev_l[1:] = _drift(wl[:-1], r[:-1])
+    prev_s[1:] = _drift(ws[:-1], r[:-1])
+    turnover = np.abs(wl - prev_l).sum(1) + np.abs(ws - prev_s).sum(1)
+    gross = np.where(held, gross, np.nan)
+    turnover = np.where(held, turnover, np.nan)
+    return {"gross": gross, "net": gross - cost * turnover, "turnover": turnover}
+
+
+def sharpe(x) -> float:
+    """Annualised Sharpe ratio of monthly excess returns: mean / std (ddof 1) · √12."""
+    x = _f64(x)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return math.nan
+    sd = x.std(ddof=1)
+    return float(x.mean() / sd * math.sqrt(12)) if sd > 0 else math.nan
+
+
+def coverage(ret, r_hat, r_std, mask, level: float = 0.9) -> float:
+    """Share of masked returns inside the central `level` Gaussian forecast interval."""
+    if r_std is None:
+        return math.nan
+    mask = np.asarray(mask, dtype=bool)
+    z = norm.ppf(0.5 + level / 2.0)
+    err = np.abs(_f64(ret)[mask] - _f64(r_hat)[mask])
+    return float(np.mean(err <= z * _f64(r_std)[mask])) if mask.any() else math.nan
+
+
+def gaussian_nll(ret, r_hat, r_std, mask, min_std: float = 1e-8) -> float:
+    """Mean Gaussian negative log-likelihood of the masked returns under N(r_hat, r_std²)."""
+    if r_std is None:
+        return math.nan
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return math.nan
+    e = _f64(ret)[mask] - _f64(r_hat)[mask]
+    var = np.maximum(_f64(r_std)[mask], min_std) ** 2
+    return float(np.mean(0.5 * np.log(2 * np.pi * var) + 0.5 * e * e / var))
+
+
+def score(ret, mask, fc, lam) -> dict[str, float]:
+    """Every test metric of SPEC §6 for a forecast over consecutive months.
+
+    `fc` has r_hat [t,n], beta [t,n,K], f_post [t,K], r_std [t,n] or None (a
+    `rvrae.models.base.Forecast` restricted to the scored months); `lam` [t,K] is the
+    prevailing mean of f_post for those months (eq. 33). NaN where a metric does not apply.
+    """
+    ic = ic_series(fc.r_hat, ret, mask)
+    ric = ic_series(fc.r_hat, ret, mask, rank=True)
+    ls = long_short(fc.r_hat, ret, mask)
+    r_std = getattr(fc, "r_std", None)
+    out = {
+        "r2_total": r2_total(ret, fc.beta, fc.f_post, mask),
+        "r2_pred": r2_pred(ret, fc.beta, lam, mask),
+        "r2_forecast": r2(ret, fc.r_hat, mask),
+        "ic": _nanmean(ic),
+        "icir": icir(ic),
+        "rank_ic": _nanmean(ric),
+        "rank_icir": icir(ric),
+        "sharpe": sharpe(ls["gross"]),
+        "sharpe_net": sharpe(ls["net"]),
+        "turnover": _nanmean(ls["turnover"]),
+        "coverage90": coverage(ret, fc.r_hat, r_std, mask, 0.9),
+        "nll": gaussian_nll(ret, fc.r_hat, r_std, mask),
+    }
+    assert tuple(out) == TEST_METRICS
+    return out
