@@ -1,0 +1,239 @@
+"""The results store (SPEC §6): one Parquet dataset, one file per trial.
+
+Layout, hive-partitioned so that pyarrow / pandas / DuckDB read the folder as one table:
+
+    <out>/study=<study>/model=<model>/<trial_id>.parquet      (one row)
+
+`study` and `model` live in the path only (not in the file), as hive partitioning expects;
+`read_results` restores them as columns. Files are written to a hidden temporary name in
+the same folder, fsynced and renamed (`os.replace`), so a reader never sees half a file and a
+killed study leaves at most a hidden `.tmp` that every reader skips.
+
+A row holds: provenance (`PROVENANCE_COLUMNS`), the config as a canonical JSON string
+(`config`) and flattened as `hp_<name>` columns, and the metrics: the test metrics of SPEC §4
+(`TEST_METRICS`), the same on the validation months (`valid_*`) and on the omitted stocks
+(`omitted_*`). Lists, tuples, arrays and dicts (e.g. `versions`, the harness's per-month
+`ls_gross` / `ls_net` / `ls_dates`) are stored as JSON strings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rvrae.errors import UserError
+from rvrae.metrics import TEST_METRICS
+
+VALID_METRICS = tuple(f"valid_{m}" for m in TEST_METRICS)
+OMITTED_METRICS = tuple(f"omitted_{m}" for m in TEST_METRICS)
+METRIC_COLUMNS = TEST_METRICS + VALID_METRICS + OMITTED_METRICS
+PROVENANCE_COLUMNS = (
+    "study", "model", "seed", "m", "trial_id", "status", "error", "config", "epochs",
+    "fit_seconds", "started_at", "finished_at", "device", "hostname", "data_fingerprint",
+    "git_commit", "versions",
+)  # fmt: skip
+RESULT_COLUMNS = PROVENANCE_COLUMNS + METRIC_COLUMNS
+_STRING_COLUMNS = ("trial_id", "status", "error", "config", "started_at", "finished_at", "device",
+                   "hostname", "data_fingerprint", "git_commit", "versions")  # fmt: skip
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_VERSIONED = ("rvrae", "torch", "ray", "optuna", "numpy", "pandas", "pyarrow", "scipy")
+
+
+def canonical_json(value: Any) -> str:
+    """Key-sorted, compact JSON: equal configs give equal strings (cell keys rely on it)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return json.dumps(_jsonable(value), sort_keys=True, separators=(",", ":"))
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (np.datetime64, pd.Timestamp)):
+        return str(v)
+    if hasattr(v, "__dataclass_fields__"):
+        import dataclasses
+
+        return _jsonable(dataclasses.asdict(v))
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _check_name(kind: str, value: Any) -> str:
+    s = str(value)
+    if not _SAFE.match(s):
+        raise UserError(f"{kind} {s!r} is not a safe file name (letters, digits, _ . + - only)")
+    return s
+
+
+def _cell_value(key: str, v: Any) -> Any:
+    if isinstance(v, (dict, list, tuple, np.ndarray)) or hasattr(v, "__dataclass_fields__"):
+        return canonical_json(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _flatten_row(row: dict) -> dict:
+    """The row as stored: JSON config + hp_* columns, every result column present."""
+    missing = [k for k in ("study", "model", "trial_id") if row.get(k) in (None, "")]
+    if missing:
+        raise UserError(f"results row lacks {missing[0]!r}")
+    out: dict[str, Any] = {}
+    config = row.get("config") or {}
+    if isinstance(config, str):
+        config = json.loads(config) if config else {}
+    config = _jsonable(config)
+    out["config"] = canonical_json(config)
+    for k, v in config.items():
+        out[f"hp_{k}"] = canonical_json(v) if isinstance(v, (dict, list)) else v
+    for k, v in row.items():
+        if k != "config":
+            out[k] = _cell_value(k, v)
+    out.setdefault("status", "ok")
+    out.setdefault("seed", 0)  # single-seed studies (speed) need not say
+    out.setdefault("m", 0)  # m = 0: nothing omitted (benchmark)
+    for k in METRIC_COLUMNS:
+        v = out.get(k)
+        out[k] = math.nan if v is None else float(v)
+    for k in _STRING_COLUMNS:
+        v = out.get(k)
+        out[k] = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+    for k in ("epochs", "fit_seconds"):
+        out[k] = math.nan if out.get(k) is None else float(out[k])
+    out["seed"], out["m"] = int(out["seed"]), int(out["m"])
+    return out
+
+
+def trial_path(out_dir: str | Path, study: str, model: str, trial_id: str) -> Path:
+    return (
+        Path(out_dir) / f"study={_check_name('study', study)}" / f"model={_check_name('model', model)}"
+        / f"{_check_name('trial_id', trial_id)}.parquet"
+    )
+
+
+def write_row(out_dir: str | Path, row: dict) -> Path:
+    """Write one trial's row atomically; returns the final path. Rewriting a trial_id
+    replaces its file (a retried trial never leaves two rows)."""
+    flat = _flatten_row(row)
+    path = trial_path(out_dir, flat.pop("study"), flat.pop("model"), flat["trial_id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([flat])
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def result_files(out_dir: str | Path, study: str | None = None) -> list[Path]:
+    """Finished trial files (hidden and temporary files skipped), sorted."""
+    root = Path(out_dir)
+    pattern = f"study={study}/model=*/*.parquet" if study else "study=*/model=*/*.parquet"
+    return sorted(p for p in root.glob(pattern) if not p.name.startswith((".", "_")))
+
+
+def read_results(out_dir: str | Path, study: str | None = None) -> pd.DataFrame:
+    """Every finished trial row under `out_dir` (optionally of one study) as a DataFrame,
+    with `study` and `model` restored from the path. UserError if there is nothing to read."""
+    root = Path(out_dir)
+    if not root.is_dir():
+        raise UserError(f"results folder {str(root)!r} does not exist")
+    files = result_files(root, study)
+    if not files:
+        present = sorted(p.name.split("=", 1)[1] for p in root.glob("study=*") if p.is_dir())
+        where = f" for study {study!r}" if study else ""
+        hint = f" (studies present: {', '.join(present)})" if present and study else ""
+        raise UserError(f"no results in {str(root)!r}{where}{hint}")
+    frames = []
+    for p in files:
+        try:
+            frame = pq.read_table(p).to_pandas()
+        except Exception as e:  # a foreign or damaged file: name it
+            raise UserError(f"cannot read results file {str(p)!r}: {e}") from None
+        frame.insert(0, "model", p.parent.name.split("=", 1)[1])
+        frame.insert(0, "study", p.parent.parent.name.split("=", 1)[1])
+        frames.append(frame)
+    df = pd.concat(frames, ignore_index=True)
+    head = [c for c in RESULT_COLUMNS if c in df.columns]
+    hps = sorted(c for c in df.columns if c.startswith("hp_"))
+    df = df[head + hps + [c for c in df.columns if c not in head and c not in hps]]
+    return df.sort_values(["study", "model", "m", "seed", "trial_id"], kind="stable").reset_index(drop=True)
+
+
+def cell_key(row: dict | pd.Series) -> tuple:
+    """(study, model, seed, m, canonical config JSON): a study cell that must exist once."""
+    get = row.get
+    return (
+        str(get("study")), str(get("model")), int(get("seed", 0)), int(get("m", 0)),
+        canonical_json(get("config") or {}),
+    )
+
+
+def existing_cells(out_dir: str | Path, study: str) -> set:
+    """The cells already recorded for `study` (status ok or error: an error row is a result
+    too, so a resumed study does not run it twice). Empty if there is nothing yet."""
+    root = Path(out_dir)
+    if not root.is_dir() or not result_files(root, study):
+        return set()
+    df = read_results(root, study)
+    return {cell_key(r) for r in df.to_dict("records")}
+
+
+def _git_commit(root: Path) -> str:
+    if not (root / ".git").exists():
+        return ""
+    try:
+        res = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return res.stdout.strip() if res.returncode == 0 else ""
+
+
+def provenance() -> dict:
+    """hostname, git commit of the installed package's repository ("" if none) and package
+    versions (a dict; stored as JSON) for every results row."""
+    import platform
+
+    import rvrae
+
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "hostname": socket.gethostname(),
+        "git_commit": _git_commit(Path(rvrae.__file__).resolve().parent.parent),
+        "versions": versions,
+    }
