@@ -1,0 +1,203 @@
+"""FactorVAE (Duan, Wang, Zhang & Li, AAAI 2022; SPEC §3.2), monthly, on characteristics.
+
+Equation numbers are Duan et al.'s. Per month t, with x_i = stock i's window of L months of
+characteristics (known before r_t) and y = r_t the realised cross-section:
+
+    feature extractor  e_i = GRU(LeakyReLU(W x_{i,τ} + b))_L            (eq. 2)      [N, H]
+    factor encoder     a = softmax_over_stocks(W_p e + b_p)             (eq. 3)      [N, M]
+                       y_p = aᵀ y                                       (eq. 4)      [M]
+                       μ_post, σ_post = mapping layer(y_p)              (eq. 5)      [K]
+    factor predictor   K heads, each a learned query q_k over the stocks:             (eq. 10–11)
+                       a_{k,i} ∝ max(0, cos(q_k, W_k e_i)),  h_k = Σ_i a_{k,i} W_v e_i
+                       μ_prior, σ_prior = distribution network(h)      (eq. 12)     [K]
+    factor decoder     α_i ~ N(μ_α, σ_α²) from LeakyReLU(W e_i)         (eq. 6–7)
+                       β_i = W_β e_i                                    (eq. 8)      [N, K]
+                       r_i ~ N(μ_α,i + β_i μ_z, σ_α,i² + Σ_k β_ik² σ_z,k²)   (eq. 9)
+    loss               −(1/N) Σ_i log N(r_i; decoder(z_post)) + γ·KL(post ‖ prior)  (eq. 13)
+
+Our reading (SPEC §3.2):
+* The likelihood is the decoder's closed-form Gaussian of eq. 9 (z marginalised
+  analytically), so training needs no sampling and is deterministic.
+* Forecast: the prior only — r_hat = μ_α + β μ_prior, r_std = the eq. 9 std with σ_prior. The
+  prior's attention pools over the stocks known before t (a characteristic window that is
+  not all zero, or a return in t-1): never mask[t] or ret[t].
+* α in the shared Forecast: α enters as loading on a constant factor equal to 1. `beta` is
+  [β, μ_α] (K+1 columns) and f_post / f_prior are [μ_post, 1] / [μ_prior, 1], so
+  β·f_prior = r_hat exactly and R²_total / R²_pred (β·f) include α as the model does; the
+  prevailing mean of the constant factor is 1, so R²_pred keeps α too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rvrae.data.panel import Panel
+from rvrae.errors import UserError
+from rvrae.models.base import Batch, NeuralConfig, NeuralFactorModel
+from rvrae.models.charbeta import over_stocks
+
+SIGMA_FLOOR = 1e-4  # keeps the Gaussian NLL finite when a σ head collapses
+
+
+def positive(x: torch.Tensor) -> torch.Tensor:
+    """Softplus σ head, as Duan et al., with a small floor."""
+    return F.softplus(x) + SIGMA_FLOOR
+
+
+def gaussian_kl(mu_q, sigma_q, mu_p, sigma_p) -> torch.Tensor:
+    """KL(N(μ_q, σ_q²) ‖ N(μ_p, σ_p²)) elementwise: the posterior is q, the prior p (eq. 13)."""
+    return (
+        torch.log(sigma_p / sigma_q)
+        + (sigma_q**2 + (mu_q - mu_p) ** 2) / (2 * sigma_p**2)
+        - 0.5
+    )
+
+
+class FeatureExtractor(nn.Module):
+    """rows [S, L, C] -> e [S, H] (eq. 2): linear + LeakyReLU projection, GRU, last state."""
+
+    def __init__(self, n_chars: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(n_chars, hidden), nn.LeakyReLU())
+        self.gru = nn.GRU(hidden, hidden, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o, _ = self.gru(self.proj(x))  # [S, L, H]
+        return o[:, -1]  # [S, H]
+
+
+class FactorVAENet(nn.Module):
+    def __init__(self, n_chars: int, hidden: int, n_portfolios: int, n_factors: int):
+        super().__init__()
+        H, M, K = hidden, n_portfolios, n_factors
+        self.features = FeatureExtractor(n_chars, H)
+        # factor encoder (eq. 3–5)
+        self.portfolio = nn.Linear(H, M)
+        self.post_mu = nn.Linear(M, K)
+        self.post_sigma = nn.Linear(M, K)
+        # factor decoder (eq. 6–8)
+        self.alpha_h = nn.Sequential(nn.Linear(H, H), nn.LeakyReLU())
+        self.alpha_mu = nn.Linear(H, 1)
+        self.alpha_sigma = nn.Linear(H, 1)
+        self.beta = nn.Linear(H, K)
+        # factor predictor (eq. 10–12): one attention head per factor
+        self.query = nn.Parameter(torch.randn(K, H) / H**0.5)
+        self.key = nn.Linear(H, H, bias=False)
+        self.value = nn.Linear(H, H, bias=False)
+        self.prior_h = nn.Sequential(nn.Linear(H, H), nn.LeakyReLU())
+        self.prior_mu = nn.Linear(H, 1)
+        self.prior_sigma = nn.Linear(H, 1)
+
+    def extract(self, x: torch.Tensor) -> torch.Tensor:
+        return over_stocks(self.features, x)  # [B, N, H], batched over every stock
+
+    def portfolio_weights(self, e: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """[B, N, M]: each portfolio's weights sum to 1 over the month's live stocks (eq. 3);
+        stocks without a return get weight 0."""
+        logits = self.portfolio(e).masked_fill(m[..., None] <= 0, float("-inf"))
+        w = torch.softmax(logits, dim=1)  # over STOCKS, not over portfolios
+        return torch.nan_to_num(w, nan=0.0)  # a month without any live stock
+
+    def posterior(self, e, r, m) -> tuple[torch.Tensor, torch.Tensor]:
+        y_p = torch.einsum("bnm,bn->bm", self.portfolio_weights(e, m), r)  # eq. 4 [B, M]
+        return self.post_mu(y_p), positive(self.post_sigma(y_p))  # eq. 5 [B, K] each
+
+    def prior(self, e, known) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.key(e), self.value(e)  # [B, N, H]
+        cos = torch.einsum("kh,bnh->bkn", F.normalize(self.query, dim=-1), F.normalize(k, dim=-1))
+        a = torch.relu(cos) * known[:, None, :]  # eq. 10 [B, K, N]
+        a = a / (a.sum(-1, keepdim=True) + 1e-6)
+        h = self.prior_h(torch.einsum("bkn,bnh->bkh", a, v))  # eq. 11–12 [B, K, H]
+        return self.prior_mu(h).squeeze(-1), positive(self.prior_sigma(h)).squeeze(-1)
+
+    def decoder(self, e) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.alpha_h(e)  # [B, N, H]
+        mu_a = self.alpha_mu(h).squeeze(-1)  # eq. 7 [B, N]
+        sigma_a = positive(self.alpha_sigma(h)).squeeze(-1)
+        return mu_a, sigma_a, self.beta(e)  # eq. 8 β [B, N, K]
+
+    @staticmethod
+    def returns(mu_a, sigma_a, beta, mu_z, sigma_z) -> tuple[torch.Tensor, torch.Tensor]:
+        """eq. 9: mean and std of r given the factor distribution N(μ_z, σ_z²)."""
+        mean = mu_a + torch.einsum("bnk,bk->bn", beta, mu_z)
+        var = sigma_a**2 + torch.einsum("bnk,bk->bn", beta**2, sigma_z**2)
+        return mean, var.sqrt()
+
+
+def known_before(batch: Batch) -> torch.Tensor:
+    """[B, N] float: stocks known before the target month (a non-zero characteristic in the
+    window or a return in the month before); never uses mask[t]."""
+    seen = batch.x.abs().amax(dim=(1, 3)) > 0  # [B, N]
+    if batch.m_hist.shape[1] > 1:
+        seen = seen | (batch.m_hist[:, -2] > 0)
+    return seen.float()
+
+
+@dataclass
+class Config(NeuralConfig):
+    n_factors: int = 8  # K: Duan et al.'s default (SPEC §3.2)
+    hidden: int = 64  # H: feature / GRU width, Duan et al. (SPEC §3.2)
+    n_portfolios: int = 64  # M: portfolio layer width, Duan et al. (SPEC §3.2)
+    gamma: float = 1.0  # γ: KL weight of eq. 13, Duan et al. (SPEC §3.2)
+    lr: float = 1e-3  # Adam, as every neural model here
+    epochs: int = 50  # cap; early stopping ends sooner
+    patience: int = 5
+    seq_len: int = 12  # window of monthly characteristics (SPEC §2.2; Duan et al. use 20 days)
+
+    def __post_init__(self):
+        for key in ("n_factors", "hidden", "n_portfolios"):
+            if getattr(self, key) < 1:
+                raise UserError(f"factorvae: {key} must be >= 1, got {getattr(self, key)}")
+        if self.gamma < 0:
+            raise UserError(f"factorvae: gamma must be >= 0, got {self.gamma}")
+
+
+class FactorVAE(NeuralFactorModel):
+    name = "factorvae"
+    Config = Config
+
+    def build(self, panel: Panel) -> nn.Module:
+        c = self.config
+        return FactorVAENet(panel.C, c.hidden, c.n_portfolios, c.n_factors)
+
+    def loss(self, net: FactorVAENet, batch: Batch) -> torch.Tensor:
+        e = net.extract(batch.x)
+        mu_post, sigma_post = net.posterior(e, batch.r, batch.m)
+        mu_prior, sigma_prior = net.prior(e, known_before(batch))
+        mean, std = net.returns(*net.decoder(e), mu_post, sigma_post)
+        nll = 0.5 * ((batch.r - mean) / std) ** 2 + torch.log(std)  # + const
+        n = batch.m.sum(1).clamp_min(1.0)
+        nll = ((nll * batch.m).sum(1) / n).mean()  # mean over stocks, then months
+        kl = gaussian_kl(mu_post, sigma_post, mu_prior, sigma_prior).sum(-1).mean()
+        return nll + self.config.gamma * kl
+
+    def forecast(self, net: FactorVAENet, batch: Batch) -> dict[str, torch.Tensor]:
+        e = net.extract(batch.x)
+        mu_post, _ = net.posterior(e, batch.r, batch.m)
+        mu_prior, sigma_prior = net.prior(e, known_before(batch))
+        mu_a, sigma_a, beta = net.decoder(e)
+        r_hat, r_std = net.returns(mu_a, sigma_a, beta, mu_prior, sigma_prior)
+        one = mu_prior.new_ones(mu_prior.shape[0], 1)
+        return {
+            "r_hat": r_hat,  # α + β μ_prior: the prior only
+            "r_std": r_std,
+            "beta": torch.cat([beta, mu_a[..., None]], dim=-1),  # [β, α]: α on a unit factor
+            "f_post": torch.cat([mu_post, one], dim=-1),
+            "f_prior": torch.cat([mu_prior, one], dim=-1),
+        }
+
+
+MODEL = FactorVAE
+
+
+def space(trial) -> None:
+    """Optuna define-by-run space: K, the KL weight γ, hidden size H and the learning rate
+    (SPEC §3.1 design card; M follows H as in Duan et al.'s defaults)."""
+    trial.suggest_int("n_factors", 2, 16)
+    trial.suggest_float("gamma", 0.01, 10.0, log=True)
+    trial.suggest_categorical("hidden", [32, 64, 128])
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)
