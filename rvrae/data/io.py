@@ -1,0 +1,462 @@
+"""Readers and strict validation of user panels (SPEC §2.1, §8).
+
+The one documented input is the long panel (Parquet or CSV, one row per stock-month);
+the Chen-Pelger-Zhu `.npz` layout is read too. Every problem a user can fix raises
+`UserError` with one line naming the file and the column, row or month.
+
+    panel = load_panel("gkx.parquet", alignment="same_row", percent=False)
+    panel = load_data("synthetic")          # the studies' --data flag
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rvrae.data.panel import Panel
+from rvrae.data.prep import missing_share, rank_to_unit
+from rvrae.errors import UserError
+
+ID_ALIASES = ("permno", "id", "gvkey", "ticker")
+DATE_ALIASES = ("date", "DATE", "yyyymm", "eom")
+RET_ALIASES = ("ret", "RET", "ret_exc_lead1m")
+ALIGNMENTS = ("same_row", "lag")
+LONG_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+NPZ_MISSING = -99.99  # the CPZ missing-value code
+
+
+# ---------------------------------------------------------------------------------------
+# public API
+
+
+def load_data(spec: str | os.PathLike, **opts) -> Panel:
+    """`--data` of the studies: "synthetic" (the built-in default panel, with its oracle in
+    `meta["oracle"]`) or a path to a Parquet / CSV / `.npz` panel (options as load_panel)."""
+    if str(spec) == "synthetic":
+        from rvrae.data.synthetic import SynthConfig, make_synthetic
+
+        if opts:
+            raise UserError(f"--data synthetic takes no loader options (got {', '.join(opts)})")
+        return make_synthetic(SynthConfig()).panel
+    return load_panel(spec, **opts)
+
+
+def load_panel(
+    path: str | os.PathLike,
+    alignment: str = "same_row",
+    percent: bool = False,
+    chars: list[str] | tuple[str, ...] | None = None,
+    start: str | None = None,
+    end: str | None = None,
+) -> Panel:
+    """Read a long panel (Parquet / CSV) or a CPZ `.npz` into a preprocessed Panel.
+
+    alignment: "same_row" (a row's characteristics are known before its return) or "lag"
+    (characteristics are lagged one month per stock first). percent: returns are in percent
+    and get divided by 100. chars: the characteristic columns (default: every other numeric
+    column). start / end: first / last month kept (anything pandas parses, e.g. "2000-01").
+    """
+    path = Path(path)
+    name = str(path)
+    if alignment not in ALIGNMENTS:
+        raise UserError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {alignment!r}")
+    if not path.exists():
+        raise UserError(f"{name}: no such file")
+    if path.is_dir():
+        raise UserError(f"{name}: is a folder, expected a Parquet, CSV or .npz file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{name}: empty file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        raw = _read_npz(path, chars)
+    elif suffix in LONG_SUFFIXES:
+        raw = _read_long(path, LONG_SUFFIXES[suffix], chars)
+    else:
+        raise UserError(f"{name}: unsupported file type {suffix or '(none)'!r}; expected .parquet, .csv or .npz")
+    x, ret, mask, dates, ids, char_names = raw
+    x, ret, mask, dates = _restrict_months(name, x, ret, mask, dates, start, end)
+    if alignment == "lag":
+        # the characteristics of month t are the stock's values of month t-1 (calendar month;
+        # a stock without a row in t-1 has them missing)
+        x = np.concatenate([np.full_like(x[:1], np.nan), x[:-1]], axis=0)
+    if percent:
+        ret = ret / np.float32(100.0)
+    share = missing_share(x, mask)
+    panel = Panel(
+        chars=rank_to_unit(x),
+        ret=np.where(mask, ret, 0.0).astype(np.float32),
+        mask=mask,
+        dates=dates,
+        ids=ids,
+        char_names=tuple(char_names),
+        source=name,
+        meta={"missing_share": share, "alignment": alignment, "percent": percent},
+    )
+    return panel
+
+
+def write_long(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a long panel as Parquet or CSV (by suffix), atomically: a temporary file in the
+    same folder, then a rename, so a failure leaves no output."""
+    path = Path(path)
+    kind = LONG_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(f"{path}: output must end in .parquet, .pq or .csv")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"{path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if kind == "parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def panel_summary(panel: Panel) -> dict:
+    """What the loader sees, for `rvrae data info` (keys are stable: the renderer uses them)."""
+    per_month = panel.mask.sum(axis=1)
+    live = per_month[per_month > 0] if per_month.any() else per_month
+    return {
+        "source": panel.source,
+        "months": int(panel.T),
+        "first_month": str(panel.dates[0]) if panel.T else "",
+        "last_month": str(panel.dates[-1]) if panel.T else "",
+        "stocks": int(panel.mask.any(axis=0).sum()),
+        "stock_months": int(panel.mask.sum()),
+        "stocks_per_month_min": int(live.min()) if live.size else 0,
+        "stocks_per_month_median": float(np.median(live)) if live.size else 0.0,
+        "stocks_per_month_max": int(live.max()) if live.size else 0,
+        "characteristics": int(panel.C),
+        "char_names": list(panel.char_names),
+        "missing_share": float(panel.meta.get("missing_share", float("nan"))),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# long panels
+
+
+def _pick(name: str, columns: list[str], aliases: tuple[str, ...], what: str) -> str:
+    for a in aliases:  # exact spelling first, then case-insensitive
+        if a in columns:
+            return a
+    lower = {c.lower(): c for c in columns}
+    for a in aliases:
+        if a.lower() in lower:
+            return lower[a.lower()]
+    raise UserError(
+        f"{name}: no {what} column (expected one of {', '.join(aliases)}; "
+        f"found {', '.join(map(str, columns[:12]))}{', ...' if len(columns) > 12 else ''})"
+    )
+
+
+class _Columns:
+    """Column access without materialising the whole file as float64 at once."""
+
+    def __init__(self, path: Path, kind: str):
+        name = str(path)
+        self.table = self.frame = None
+        try:
+            if kind == "parquet":
+                import pyarrow.parquet as pq
+
+                self.table = pq.read_table(path)
+                self.names = list(self.table.column_names)
+                self.n = self.table.num_rows
+            else:
+                self.frame = pd.read_csv(path, low_memory=False)
+                self.names = [str(c) for c in self.frame.columns]
+                self.frame.columns = self.names
+                self.n = len(self.frame)
+        except pd.errors.EmptyDataError:
+            raise UserError(f"{name}: empty file (no header, no rows)") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise UserError(f"{name}: not a readable CSV file ({_first_line(e)})") from None
+        except Exception as e:  # pyarrow raises ArrowInvalid / OSError on non-Parquet bytes
+            if kind == "parquet":
+                raise UserError(f"{name}: not a readable Parquet file ({_first_line(e)})") from None
+            raise
+        if len(set(self.names)) != len(self.names):
+            dup = next(c for c in self.names if self.names.count(c) > 1)
+            raise UserError(f"{name}: column {dup!r} appears twice")
+
+    def get(self, col: str) -> pd.Series:
+        if self.table is not None:
+            return self.table.column(col).to_pandas()
+        return self.frame[col]
+
+    def drop(self, col: str) -> None:
+        """Free a column once it is copied into the dense arrays (keeps peak memory low)."""
+        if self.table is not None:
+            self.table = self.table.drop_columns([col])
+        else:
+            del self.frame[col]
+
+
+def _read_long(path: Path, kind: str, chars) -> tuple:
+    name = str(path)
+    cols = _Columns(path, kind)
+    if cols.n == 0:
+        raise UserError(f"{name}: empty file (header only, no rows)")
+    id_col = _pick(name, cols.names, ID_ALIASES, "stock id")
+    date_col = _pick(name, cols.names, DATE_ALIASES, "date")
+    ret_col = _pick(name, cols.names, RET_ALIASES, "return")
+    # the alias columns not chosen are not characteristics either (e.g. both permno and gvkey)
+    reserved = {id_col, date_col, ret_col} | {c for c in cols.names if c in ID_ALIASES + DATE_ALIASES + RET_ALIASES}
+    if chars is None:
+        char_names = [c for c in cols.names if c not in reserved]
+    else:
+        char_names = list(chars)
+        absent = [c for c in char_names if c not in cols.names]
+        if absent:
+            raise UserError(f"{name}: characteristic column {absent[0]!r} not found")
+        clash = [c for c in char_names if c in (id_col, date_col, ret_col)]
+        if clash:
+            raise UserError(f"{name}: column {clash[0]!r} cannot be both a characteristic and the id/date/return")
+    if not char_names:
+        raise UserError(f"{name}: no characteristic columns besides {id_col}, {date_col}, {ret_col}")
+
+    # ids: union of stocks, sorted (numbers numerically, then as strings)
+    ids_raw = cols.get(id_col)
+    if ids_raw.isna().any():
+        raise UserError(f"{name}: column {id_col!r} is empty at row {_first_row(ids_raw.isna())}")
+    stock, uniq_ids = pd.factorize(ids_raw, sort=True)
+    ids = np.asarray([str(i) for i in uniq_ids])
+    if len(set(ids)) != len(ids):  # e.g. 1 and "1" in one object column
+        raise UserError(f"{name}: column {id_col!r} mixes ids that print alike (e.g. 1 and '1')")
+    cols.drop(id_col)
+
+    month = _parse_months(name, date_col, cols.get(date_col))  # [n] int64 months since 1970-01
+    cols.drop(date_col)
+    m0 = int(month.min())
+    t_idx = month - m0
+    T = int(t_idx.max()) + 1
+    N = len(ids)
+    dates = (np.arange(T) + m0).astype("datetime64[M]")
+
+    key = stock.astype(np.int64) * T + t_idx
+    if len(np.unique(key)) != len(key):
+        dup = pd.Series(key).duplicated().to_numpy()
+        r = int(np.flatnonzero(dup)[0])
+        raise UserError(
+            f"{name}: duplicate ({id_col}, month) = ({ids[stock[r]]}, {dates[t_idx[r]]}) at row {_row(r)}"
+        )
+
+    r = _numeric(name, ret_col, cols.get(ret_col), what="return")
+    bad = ~np.isfinite(r)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        kind_ = "NaN" if np.isnan(r[i]) else "inf"
+        raise UserError(
+            f"{name}: {kind_} in return column {ret_col!r} at row {_row(i)} "
+            f"({ids[stock[i]]}, {dates[t_idx[i]]}); {int(bad.sum())} bad value(s) in all"
+        )
+    cols.drop(ret_col)
+    ret = np.zeros((T, N), dtype=np.float32)
+    ret[t_idx, stock] = r
+    mask = np.zeros((T, N), dtype=bool)
+    mask[t_idx, stock] = True
+
+    x = np.full((T, N, len(char_names)), np.nan, dtype=np.float32)
+    for j, c in enumerate(char_names):
+        v = _numeric(name, c, cols.get(c), what="characteristic")
+        if np.isinf(v).any():
+            i = int(np.flatnonzero(np.isinf(v))[0])
+            raise UserError(f"{name}: inf in characteristic {c!r} at row {_row(i)}")
+        x[t_idx, stock, j] = v
+        cols.drop(c)
+    return x, ret, mask, dates, ids, char_names
+
+
+def _numeric(name: str, col: str, s: pd.Series, what: str) -> np.ndarray:
+    """A column as float32; a value that is not a number is an error naming the row."""
+    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+        return s.to_numpy(dtype=np.float32, na_value=np.nan)
+    v = pd.to_numeric(s, errors="coerce")
+    bad = v.isna().to_numpy() & s.notna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(
+            f"{name}: {what} column {col!r} is not numeric (row {_row(i)}: {str(s.iloc[i])[:40]!r})"
+        )
+    return v.to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def _parse_months(name: str, col: str, s: pd.Series) -> np.ndarray:
+    """Dates -> int64 months since 1970-01. Accepts dates / datetimes, 'YYYY-MM', 'YYYY-MM-DD',
+    YYYYMM and YYYYMMDD (int or str). Each distinct value is parsed once."""
+    if s.isna().any():
+        raise UserError(f"{name}: column {col!r} is empty at row {_first_row(s.isna())}")
+    codes, uniq = pd.factorize(s)
+    u = pd.Series(uniq)
+    if pd.api.types.is_datetime64_any_dtype(u):
+        parsed = pd.to_datetime(u)
+    else:
+        parsed = _parse_date_values(u)
+        if parsed is None or parsed.isna().any():
+            bad_val = uniq[int(np.flatnonzero(parsed.isna())[0])] if parsed is not None else uniq[0]
+            i = int(np.flatnonzero(np.asarray(s == bad_val))[0]) if parsed is not None else 0
+            raise UserError(
+                f"{name}: unparseable date {str(bad_val)[:40]!r} in column {col!r} at row {_row(i)} "
+                f"(expected a date, YYYY-MM, YYYYMM or YYYYMMDD)"
+            )
+    m = parsed.to_numpy().astype("datetime64[M]").astype(np.int64)
+    return m[codes]
+
+
+def _parse_date_values(u: pd.Series) -> pd.Series | None:
+    if pd.api.types.is_float_dtype(u):
+        if not np.all(np.mod(u.to_numpy(), 1) == 0):
+            return pd.Series(pd.NaT, index=u.index)
+        u = u.astype(np.int64)
+    if pd.api.types.is_integer_dtype(u):
+        v = u.to_numpy(dtype=np.int64)
+        digits = np.where(v >= 10_000_000, 8, np.where(v >= 100_000, 6, 0))
+        txt = u.astype(str)
+        out = pd.Series(pd.NaT, index=u.index, dtype="datetime64[ns]")
+        for d, fmt in ((6, "%Y%m"), (8, "%Y%m%d")):
+            sel = (digits == d) & (v < 10**d)
+            out[sel] = pd.to_datetime(txt[sel], format=fmt, errors="coerce")
+        return out
+    txt = u.astype(str).str.strip()
+    out = pd.Series(pd.NaT, index=u.index, dtype="datetime64[ns]")
+    for fmt in ("%Y-%m-%d", "%Y-%m", "%Y%m%d", "%Y%m", "%Y/%m/%d", "%Y/%m"):
+        todo = out.isna()
+        if not todo.any():
+            break
+        out[todo] = pd.to_datetime(txt[todo], format=fmt, errors="coerce")
+    todo = out.isna()
+    if todo.any():  # anything else pandas understands ("2000-01-31 00:00:00", "Jan 2000")
+        for i in np.flatnonzero(todo.to_numpy()):
+            try:
+                out.iloc[i] = pd.Timestamp(txt.iloc[i])
+            except (ValueError, TypeError, OverflowError):
+                pass
+    return out
+
+
+def _restrict_months(name, x, ret, mask, dates, start, end):
+    if start is None and end is None:
+        return x, ret, mask, dates
+    lo, hi = 0, len(dates)
+    for label, value in (("start", start), ("end", end)):
+        if value is None:
+            continue
+        try:
+            mth = np.datetime64(pd.Timestamp(str(value)).to_period("M").to_timestamp(), "M")
+        except (ValueError, TypeError):
+            raise UserError(f"{name}: cannot parse {label} month {value!r}") from None
+        if label == "start":
+            lo = int(np.searchsorted(dates, mth, side="left"))
+        else:
+            hi = int(np.searchsorted(dates, mth, side="right"))
+    if hi <= lo or not mask[lo:hi].any():
+        raise UserError(f"{name}: no rows between start={start} and end={end}")
+    keep = mask[lo:hi].any(axis=0)
+    if not keep.all():  # drop stocks that never appear in the range (keep the union tight)
+        return x[lo:hi][:, keep], ret[lo:hi][:, keep], mask[lo:hi][:, keep], dates[lo:hi]
+    return x[lo:hi], ret[lo:hi], mask[lo:hi], dates[lo:hi]
+
+
+# ---------------------------------------------------------------------------------------
+# Chen-Pelger-Zhu .npz
+
+
+def _read_npz(path: Path, chars) -> tuple:
+    name = str(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:  # never unpickle a user file (SPEC §8)
+            missing = [k for k in ("data", "date") if k not in z.files]
+            if missing:
+                raise UserError(f"{name}: .npz has no {missing[0]!r} array (found {', '.join(z.files) or 'none'})")
+            data = np.asarray(z["data"])
+            date = np.asarray(z["date"])
+            permno = np.asarray(z["permno"]) if "permno" in z.files else None
+            variable = np.asarray(z["variable"]) if "variable" in z.files else None
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
+        raise UserError(f"{name}: corrupt or unreadable .npz ({_first_line(e)})") from None
+    if data.ndim != 3 or data.shape[2] < 2:
+        raise UserError(f"{name}: .npz 'data' must be [T, N, 1+C] (return first), got shape {data.shape}")
+    T, N, P = data.shape
+    if not np.issubdtype(data.dtype, np.number):
+        raise UserError(f"{name}: .npz 'data' is not numeric ({data.dtype})")
+    if date.shape != (T,):
+        raise UserError(f"{name}: .npz 'date' has shape {date.shape}, expected ({T},)")
+    if permno is not None and permno.shape != (N,):
+        raise UserError(f"{name}: .npz 'permno' has shape {permno.shape}, expected ({N},)")
+    names = [f"c{j}" for j in range(P - 1)]
+    if variable is not None:
+        v = [str(s) for s in variable.reshape(-1)]
+        if len(v) == P:
+            names = v[1:]
+        elif len(v) == P - 1:
+            names = v
+        else:
+            raise UserError(f"{name}: .npz 'variable' has {len(v)} names for {P - 1} characteristics")
+    month = _parse_months(name, "date", pd.Series(date))
+    order = np.argsort(month, kind="stable")
+    if len(np.unique(month)) != T:
+        raise UserError(f"{name}: .npz 'date' repeats a month")
+    if not (np.diff(month[order]) == 1).all():  # keep the calendar dense, as the long reader
+        full = np.arange(month.min(), month.max() + 1)
+    else:
+        full = month[order]
+    pos = np.searchsorted(full, month)
+    Tf = len(full)
+    raw = data.astype(np.float32, copy=False)
+    miss = np.isclose(raw, NPZ_MISSING) | np.isnan(raw)
+    r = raw[..., 0]
+    if np.isinf(r[~miss[..., 0]]).any():
+        t = int(np.flatnonzero(np.isinf(r).any(axis=1))[0])
+        raise UserError(f"{name}: inf in the return (data[..., 0]) in month {full[pos[t]].astype('datetime64[M]')}")
+    ret = np.zeros((Tf, N), dtype=np.float32)
+    mask = np.zeros((Tf, N), dtype=bool)
+    mask[pos] = ~miss[..., 0]
+    ret[pos] = np.where(miss[..., 0], 0.0, r)
+    x = np.full((Tf, N, P - 1), np.nan, dtype=np.float32)
+    xc = np.where(miss[..., 1:], np.nan, raw[..., 1:])
+    if np.isinf(xc).any():
+        raise UserError(f"{name}: inf in the characteristics of the .npz 'data'")
+    x[pos] = xc
+    ids = np.asarray([str(p) for p in permno]) if permno is not None else np.asarray([str(i) for i in range(N)])
+    if chars is not None:
+        absent = [c for c in chars if c not in names]
+        if absent:
+            raise UserError(f"{name}: characteristic {absent[0]!r} not in the .npz 'variable'")
+        sel = [names.index(c) for c in chars]
+        x, names = x[..., sel], list(chars)
+    return x, ret, mask, full.astype("datetime64[M]"), ids, names
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def _row(i: int) -> int:
+    """Rows are reported 1-based over the data rows (a CSV's header is not a row)."""
+    return int(i) + 1
+
+
+def _first_row(flags: pd.Series) -> int:
+    return _row(int(np.flatnonzero(flags.to_numpy())[0]))
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return (s[0] if s else type(e).__name__)[:160]
