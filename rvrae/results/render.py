@@ -1,0 +1,292 @@
+"""Turn tables (rvrae.results.tables) into text: rich, markdown, latex, csv (SPEC §7).
+
+Cell convention, every format: `mean(std)` in the table's display units (R² in percent),
+a `*` after the cell when it differs from RVRAE (see the caption), the best value per
+column in bold (bold green in rich). A cell with one value shows that value alone; an
+empty cell shows `–`. `n` (the number of seeds) is one column at the right of each row:
+one number when every cell of the row has the same n, else `min–max`.
+CSV is long and machine-readable, in stored units (R² as fractions):
+`study,model,m,metric,mean,std,n`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from rvrae.errors import UserError
+from rvrae.results.tables import Table, _base
+
+FORMATS = ("rich", "markdown", "latex", "csv")
+MODEL_LABELS = {"ipca": "IPCA", "ca": "CA", "factorvae": "FactorVAE", "alstm": "ALSTM",
+                "transformer": "Trans", "rvrae": "RVRAE"}  # fmt: skip  (the paper's labels)
+METRIC_LABELS = {
+    "r2_total": ("Total R²", r"Total $R^2$"),
+    "r2_pred": ("Predictive R²", r"Predictive $R^2$"),
+    "r2_forecast": ("Forecast R²", r"Forecast $R^2$"),
+    "ic": ("IC", "IC"),
+    "icir": ("ICIR", "ICIR"),
+    "rank_ic": ("Rank IC", "Rank IC"),
+    "rank_icir": ("Rank ICIR", "Rank ICIR"),
+    "sharpe": ("Sharpe", "Sharpe"),
+    "sharpe_net": ("Sharpe (30 bps)", "Sharpe (30 bps)"),
+    "turnover": ("Turnover", "Turnover"),
+    "coverage90": ("Coverage 90%", r"Coverage 90\%"),
+    "nll": ("NLL", "NLL"),
+}
+_PREFIX = {"valid_": ("valid ", "valid "), "omitted_": ("omitted ", "omitted ")}
+
+
+def _decimals(metric: str) -> int | None:
+    b = _base(metric)
+    if b.startswith("r2") or b.startswith("sharpe") or b == "turnover":
+        return 2
+    if b in METRIC_LABELS:
+        return 3
+    return None  # other columns: 4 significant digits
+
+
+def fmt_number(metric: str, x: float, scale: float = 1.0) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    d = _decimals(metric)
+    return f"{x * scale:.{d}f}" if d is not None else f"{x * scale:.4g}"
+
+
+def metric_label(metric: str, table: Table, latex: bool = False) -> str:
+    i = 1 if latex else 0
+    prefix = ""
+    base = metric
+    for pre, labels in _PREFIX.items():
+        if metric.startswith(pre):
+            # Table III's title already says its metrics are on the omitted stocks
+            prefix = "" if table.key == "table3" else labels[i]
+            base = metric[len(pre):]
+    if base in METRIC_LABELS:
+        label = prefix + METRIC_LABELS[base][i]
+    else:
+        label = _tex_escape(metric) if latex else metric
+    if table.scale.get(metric) == 100.0:
+        label += r" (\%)" if latex else " (%)"
+    return label
+
+
+def model_label(key: str, latex: bool = False) -> str:
+    label = MODEL_LABELS.get(key, key)
+    return _tex_escape(label) if latex else label
+
+
+def _cell(table: Table, row: str, metric: str, m: int) -> dict[str, Any]:
+    f = table.frame.loc[row]
+    mean, std, n = f[(metric, m, "mean")], f[(metric, m, "std")], int(f[(metric, m, "n")])
+    scale = table.scale.get(metric, 1.0)
+    if n == 0 or not math.isfinite(mean):
+        text = "–"
+    elif n == 1 or not math.isfinite(std):
+        text = fmt_number(metric, mean, scale)
+    else:
+        text = f"{fmt_number(metric, mean, scale)}({fmt_number(metric, std, scale)})"
+    return {"text": text, "sig": bool(f[(metric, m, "sig")]), "best": bool(f[(metric, m, "best")]), "n": n}
+
+
+def _n_text(cells: list[dict]) -> str:
+    ns = sorted({c["n"] for c in cells if c["n"] > 0})
+    if not ns:
+        return "0"
+    return str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+
+
+def _rows(table: Table):
+    """(row key, [cell dicts]) in display order."""
+    for r in table.rows:
+        yield r, [_cell(table, r, metric, m) for metric, m in table.cells]
+
+
+def _header(table: Table, metric: str, m: int, latex: bool = False) -> str:
+    label = metric_label(metric, table, latex)
+    return f"{label} (m={m})" if table.by_m and not latex else label
+
+
+def _m_groups(table: Table) -> list[tuple[int, int]]:
+    """[(m, number of consecutive columns)] for the m header row."""
+    groups: list[list[int]] = []
+    for _, m in table.cells:
+        if groups and groups[-1][0] == m:
+            groups[-1][1] += 1
+        else:
+            groups.append([m, 1])
+    return [(m, k) for m, k in groups]
+
+
+# ---- markdown ----------------------------------------------------------------------------
+def _markdown(table: Table) -> str:
+    extra = list(table.extra)
+    head = ["Model"] + [_header(table, me, m) for me, m in table.cells] + ["n"] + extra
+    lines = [f"**{table.title}**", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (len(table.cells) + 1) + [":---"] * len(extra)) + "|"]  # fmt: skip
+    for r, cells in _rows(table):
+        texts = []
+        for c in cells:
+            t = c["text"] + ("*" if c["sig"] else "")
+            texts.append(f"**{t}**" if c["best"] else t)
+        ex = [table.extra[e].get(r, "") for e in extra]
+        lines.append("| " + " | ".join([model_label(r)] + texts + [_n_text(cells)] + ex) + " |")
+    lines += ["", table.caption]
+    return "\n".join(lines) + "\n"
+
+
+# ---- latex -------------------------------------------------------------------------------
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "<": "$<$", ">": "$>$", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+
+
+def _tex_escape(s: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(s)).replace("²", "$^2$").replace("–", "--")
+
+
+def _latex(table: Table) -> str:
+    extra = list(table.extra)
+    ncols = 1 + len(table.cells) + 1 + len(extra)
+    spec = "l" + "r" * (len(table.cells) + 1) + "l" * len(extra)
+    out = [r"\begin{table}[htbp]", r"\centering",
+           rf"\caption{{{_tex_escape(table.title)}. {_tex_escape(table.caption)}}}",
+           rf"\label{{tab:{table.key or table.study}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]  # fmt: skip
+    if table.by_m:
+        parts, rules, col = [""], [], 2
+        for m, k in _m_groups(table):
+            parts.append(rf"\multicolumn{{{k}}}{{c}}{{$m = {m}$}}")
+            rules.append(rf"\cmidrule(lr){{{col}-{col + k - 1}}}")
+            col += k
+        parts += [""] * (1 + len(extra))
+        out += [" & ".join(parts) + r" \\", " ".join(rules)]
+    head = ["Model"] + [_header(table, me, m, latex=True) for me, m in table.cells] + ["$n$"]
+    head += [_tex_escape(e) for e in extra]
+    assert len(head) == ncols
+    out += [" & ".join(head) + r" \\", r"\midrule"]
+    for r, cells in _rows(table):
+        texts = []
+        for c in cells:
+            t = _tex_escape(c["text"]) + ("$^{*}$" if c["sig"] else "")
+            texts.append(rf"\textbf{{{t}}}" if c["best"] else t)
+        ex = [_tex_escape(table.extra[e].get(r, "")) for e in extra]
+        out.append(" & ".join([model_label(r, latex=True)] + texts + [_tex_escape(_n_text(cells))] + ex) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+# ---- csv ---------------------------------------------------------------------------------
+def _num(x: float) -> str:
+    return "" if x is None or not math.isfinite(x) else format(float(x), ".10g")
+
+
+def _csv(tables: list[Table]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["study", "model", "m", "metric", "mean", "std", "n"])
+    seen = set()
+    for t in tables:
+        for r in t.rows:
+            f = t.frame.loc[r]
+            for metric, m in t.cells:
+                key = (t.study, r, m, metric)
+                n = int(f[(metric, m, "n")])
+                if key in seen or n == 0:
+                    continue
+                seen.add(key)
+                w.writerow([t.study, r, m, metric, _num(f[(metric, m, "mean")]), _num(f[(metric, m, "std")]), n])
+    return buf.getvalue()
+
+
+# ---- rich --------------------------------------------------------------------------------
+def _rich(table: Table) -> RichTable:
+    rt = RichTable(title=table.title, caption=table.caption, caption_justify="left")
+    rt.add_column("Model", style="bold")
+    for me, m in table.cells:
+        rt.add_column(_header(table, me, m), justify="right")
+    rt.add_column("n", justify="right")
+    for e in table.extra:
+        rt.add_column(e, overflow="fold")
+    for r, cells in _rows(table):
+        texts = []
+        for c in cells:
+            t = c["text"] + ("*" if c["sig"] else "")
+            texts.append(f"[bold green]{t}[/]" if c["best"] else t)
+        rt.add_row(model_label(r), *texts, _n_text(cells), *[table.extra[e].get(r, "") for e in table.extra])
+    return rt
+
+
+def render_tables(tables: list[Table], fmt: str, console: Console | None = None) -> str:
+    """Text of the tables in `fmt`; `rich` prints on `console` and returns ""."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    if fmt == "csv":
+        return _csv(tables)
+    if fmt == "markdown":
+        return "\n".join(_markdown(t) for t in tables)
+    if fmt == "latex":
+        return "\n".join(_latex(t) for t in tables)
+    console = console or Console()
+    for t in tables:
+        console.print(_rich(t))
+    return ""
+
+
+# ---- other printouts of the CLI ----------------------------------------------------------
+def print_oracle(synth, console: Console) -> None:
+    """The synthetic panel's oracle scores (the planted model scored on its own data)."""
+    scores = dict(getattr(getattr(synth, "oracle", None), "scores", None) or {})
+    rt = RichTable(title="Oracle (true model) scores", caption="R² in percent")
+    rt.add_column("metric")
+    rt.add_column("value", justify="right")
+    for k, v in scores.items():
+        pct = _base(k).startswith("r2")
+        label = METRIC_LABELS.get(k, (k,))[0] + (" (%)" if pct else "")
+        rt.add_row(label, f"{float(v) * (100 if pct else 1):.3f}")
+    console.print(rt)
+
+
+def _fallback_summary(panel) -> dict:
+    import numpy as np
+
+    per_month = panel.mask.sum(axis=1)
+    return {
+        "months": int(panel.T),
+        "first month": str(panel.dates[0]) if len(panel.dates) else "",
+        "last month": str(panel.dates[-1]) if len(panel.dates) else "",
+        "stocks": int(panel.N),
+        "stocks per month": {"min": int(per_month.min()), "median": float(np.median(per_month)),
+                             "max": int(per_month.max())},  # fmt: skip
+        "characteristics": int(panel.C),
+    }
+
+
+def _fmt_info(v: Any) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_fmt_info(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v)) if len(v) <= 12 else ", ".join(map(str, v[:12])) + f", … ({len(v)})"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def print_panel_info(panel, console: Console) -> None:
+    """What the loader sees (`rvrae.data.io.panel_summary`): months, stocks per month,
+    characteristics, missing share."""
+    try:
+        from rvrae.data.io import panel_summary
+
+        summary = panel_summary(panel)
+    except ImportError:
+        summary = _fallback_summary(panel)
+    rt = RichTable(title=f"Panel {getattr(panel, 'source', '') or ''}".strip())
+    rt.add_column("")
+    rt.add_column("", overflow="fold")
+    for k, v in summary.items():
+        rt.add_row(str(k).replace("_", " "), _fmt_info(v))
+    console.print(rt)

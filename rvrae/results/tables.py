@@ -1,0 +1,320 @@
+"""Aggregate results rows into paper-style tables (SPEC §6–7). Computation only: the text
+comes from rvrae.results.render.
+
+Layouts (the paper's):
+* benchmark → Table I (total and predictive R², shown in percent) and Table II (Sharpe
+  without costs and with 30 bps), rows = models, mean(std) over seeds.
+* robustness → Table III: Rank IC and Rank ICIR of r̂ on the omitted stocks, for each m.
+* tune → one row per model: its best trial on the validation objective.
+* anything else (speed, custom `--metrics`) → mean(std) of the requested (or all present)
+  numeric columns, rows = models (or the study's `case` column), columns split by m.
+
+Only rows with status == "ok" are aggregated; `n` counts the finite values of each cell.
+Significance: each model's cell against RVRAE's, paired over the seeds present for both
+(values averaged per seed first), two-sided paired t-test (`scipy.stats.ttest_rel`),
+marked when p < 0.05.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from rvrae.errors import UserError
+from rvrae.results.store import METRIC_COLUMNS, PROVENANCE_COLUMNS
+
+MODEL_ORDER = ("ipca", "ca", "factorvae", "alstm", "transformer", "rvrae")  # the paper's
+REFERENCE = "rvrae"  # significance is measured against the paper's model
+ALPHA = 0.05
+FIELDS = ("mean", "std", "n", "p", "sig", "best")
+STUDY_ORDER = ("tune", "benchmark", "robustness", "speed")
+TUNE_OBJECTIVE = "valid_rank_ic"  # the tune study's default objective (SPEC §5)
+SIG_TEST = "paired t-test over seeds vs RVRAE (scipy.stats.ttest_rel, two-sided), p < 0.05"
+
+
+def _base(metric: str) -> str:
+    for pre in ("valid_", "omitted_"):
+        if metric.startswith(pre):
+            return metric[len(pre):]
+    return metric
+
+
+def lower_is_better(metric: str) -> bool:
+    b = _base(metric)
+    return b in ("turnover", "nll") or "seconds" in b or b.endswith(("_s", "_ms", "time", "memory", "_mb", "_gb"))
+
+
+def best_mask(metric: str, means: pd.Series) -> pd.Series:
+    """Which rows hold the column's best mean (ties all marked). Coverage: closest to 90 %."""
+    v = means.astype(float)
+    if not np.isfinite(v).any():
+        return pd.Series(False, index=means.index)
+    if _base(metric) == "coverage90":
+        score = -(v - 0.9).abs()
+    else:
+        score = -v if lower_is_better(metric) else v
+    return (score == score.max()) & np.isfinite(v)
+
+
+@dataclass
+class Table:
+    """One table. `frame` rows are the row keys (models, or cases); its columns are a
+    MultiIndex (metric, m, field) with field in FIELDS; `cells` lists the (metric, m) column
+    groups in display order. Values are raw (R² as fractions); `scale` says how the renderer
+    shows a metric (100 = percent)."""
+
+    title: str
+    caption: str
+    study: str
+    frame: pd.DataFrame
+    cells: list[tuple[str, int]]
+    by_m: bool = False  # headers say m (robustness)
+    scale: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, dict[str, str]] = field(default_factory=dict)  # text column -> row -> text
+    key: str = ""  # short id (latex label, file names)
+
+    @property
+    def rows(self) -> list[str]:
+        return list(self.frame.index)
+
+
+def _order_rows(keys) -> list[str]:
+    keys = list(dict.fromkeys(map(str, keys)))
+    known = [k for k in MODEL_ORDER if k in keys]
+    return known + sorted(k for k in keys if k not in MODEL_ORDER)
+
+
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    if "status" not in df.columns:
+        return df
+    return df[df["status"].fillna("ok") == "ok"]
+
+
+def _paired_p(a: pd.Series, b: pd.Series) -> float:
+    """Paired t-test p-value of two per-seed series (index = seed); NaN if < 2 pairs."""
+    common = a.index.intersection(b.index)
+    if len(common) < 2:
+        return math.nan
+    x, y = a.loc[common].to_numpy(float), b.loc[common].to_numpy(float)
+    if np.allclose(x, y, rtol=0, atol=0):
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_rel(x, y).pvalue)
+
+
+def _aggregate(ok: pd.DataFrame, row_col: str, metrics: list[str], ms: list[int], signif: bool):
+    """The MultiIndex frame of a mean(std) table."""
+    rows = _order_rows(ok[row_col].unique())
+    cols, data, cells = [], {}, []
+    for m in ms:
+        sub_m = ok[ok["m"] == m]
+        for metric in metrics:
+            cells.append((metric, m))
+            vals = sub_m[[row_col, "seed", metric]].dropna(subset=[metric])
+            vals = vals[np.isfinite(vals[metric].astype(float))]
+            g = vals.groupby(row_col)[metric]
+            mean, std, n = g.mean(), g.std(ddof=1), g.count()
+            per_seed = vals.groupby([row_col, "seed"])[metric].mean()
+            ref = per_seed.loc[REFERENCE] if signif and REFERENCE in per_seed.index.get_level_values(0) else None
+            p = {}
+            for r in rows:
+                if ref is None or r == REFERENCE or r not in per_seed.index.get_level_values(0):
+                    p[r] = math.nan
+                else:
+                    p[r] = _paired_p(per_seed.loc[r], ref)
+            col = {
+                "mean": mean.reindex(rows).astype(float),
+                "std": std.reindex(rows).astype(float),
+                "n": n.reindex(rows).fillna(0).astype(int),
+                "p": pd.Series(p).reindex(rows).astype(float),
+            }
+            col["sig"] = col["p"] < ALPHA
+            col["best"] = best_mask(metric, col["mean"])
+            for f in FIELDS:
+                data[(metric, m, f)] = col[f].to_numpy()
+    frame = pd.DataFrame(data, index=pd.Index(rows, name=row_col))
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["metric", "m", "field"])
+    return frame, cells
+
+
+def _has(ok: pd.DataFrame, metric: str) -> bool:
+    return metric in ok.columns and bool(np.isfinite(pd.to_numeric(ok[metric], errors="coerce")).any())
+
+
+def _sig_note(ok: pd.DataFrame) -> str:
+    return f" * = {SIG_TEST}." if REFERENCE in set(ok["model"]) else ""
+
+
+def _mean_std_table(ok, study, metrics, title, caption, key, scale=None, row_col="model",
+                    signif=True, ms=None) -> Table:  # fmt: skip
+    ms = sorted(int(m) for m in ok["m"].unique()) if ms is None else ms
+    frame, cells = _aggregate(ok, row_col, metrics, ms, signif)
+    note = _sig_note(ok) if signif else ""
+    caption = f"{caption} Mean (std) over seeds; n = seeds; best per column in bold.{note}"
+    return Table(title, caption, study, frame, cells, by_m=len(ms) > 1 or ms != [0],
+                 scale=scale or {}, key=key)  # fmt: skip
+
+
+def _numeric_columns(ok: pd.DataFrame) -> list[str]:
+    skip = set(PROVENANCE_COLUMNS) | {"case"}
+    out = []
+    for c in ok.columns:
+        if c in skip or c.startswith(("hp_", "ls_")):
+            continue
+        if pd.api.types.is_numeric_dtype(ok[c]) and not pd.api.types.is_bool_dtype(ok[c]) and _has(ok, c):
+            out.append(c)
+    return out
+
+
+def _check_metrics(ok: pd.DataFrame, metrics: list[str], study: str) -> None:
+    for m in metrics:
+        if m not in ok.columns:
+            avail = [c for c in _numeric_columns(ok)] or list(METRIC_COLUMNS)
+            raise UserError(f"unknown metric {m!r} in study {study!r} (available: {', '.join(avail)})")
+
+
+def _benchmark(ok: pd.DataFrame) -> list[Table]:
+    tables = []
+    zero = ok[ok["m"] == 0] if (ok["m"] == 0).any() else ok
+    if _has(zero, "r2_total") or _has(zero, "r2_pred"):
+        tables.append(_mean_std_table(
+            zero, "benchmark", ["r2_total", "r2_pred"], "Table I: total and predictive R²",
+            "Out-of-sample total R² (eq. 32) and predictive R² (eq. 33), in percent.",
+            "table1", scale={"r2_total": 100.0, "r2_pred": 100.0},
+        ))  # fmt: skip
+    if _has(zero, "sharpe") or _has(zero, "sharpe_net"):
+        tables.append(_mean_std_table(
+            zero, "benchmark", ["sharpe", "sharpe_net"], "Table II: out-of-sample Sharpe ratio",
+            "Annualised Sharpe ratio of the decile long-short portfolio, without transaction "
+            "costs and with 30 bps per unit of turnover.", "table2",
+        ))  # fmt: skip
+    return tables
+
+
+def _robustness(ok: pd.DataFrame) -> list[Table]:
+    ms = sorted(int(m) for m in ok["m"].unique() if m > 0) or sorted(int(m) for m in ok["m"].unique())
+    return [_mean_std_table(
+        ok[ok["m"].isin(ms)], "robustness", ["omitted_rank_ic", "omitted_rank_icir"],
+        "Table III: robustness to omitted stocks",
+        "Rank IC and Rank ICIR of the forecasts on the m stocks omitted from training.",
+        "table3", ms=ms,
+    )]  # fmt: skip
+
+
+def _tune(ok: pd.DataFrame, objective: str = TUNE_OBJECTIVE) -> list[Table]:
+    """Per model, its best trial on the objective; n = completed trials."""
+    if not _has(ok, objective):
+        return []
+    shown = [objective] + [c for c in ("rank_ic", "r2_total", "r2_pred") if _has(ok, c)]
+    rows = _order_rows(ok["model"].unique())
+    data, best_cfg = {}, {}
+    for metric in shown:
+        mean, n = {}, {}
+        for r in rows:
+            sub = ok[ok["model"] == r].dropna(subset=[objective])
+            if len(sub):
+                top = sub.loc[sub[objective].astype(float).idxmax()]
+                mean[r] = float(top[metric])
+                best_cfg[r] = ", ".join(
+                    f"{c[3:]}={_short(top[c])}" for c in sorted(sub.columns)
+                    if c.startswith("hp_") and pd.notna(top[c])
+                )  # fmt: skip
+            n[r] = int(len(ok[ok["model"] == r]))
+        col = pd.DataFrame({"mean": pd.Series(mean, dtype=float).reindex(rows)})
+        col["std"], col["n"], col["p"], col["sig"] = math.nan, pd.Series(n).reindex(rows), math.nan, False
+        col["best"] = best_mask(metric, col["mean"])
+        for f in FIELDS:
+            data[(metric, 0, f)] = col[f].to_numpy()
+    frame = pd.DataFrame(data, index=pd.Index(rows, name="model"))
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["metric", "m", "field"])
+    caption = (f"Best trial per model on the validation objective {objective} (maximised) and its "
+               "test metrics; n = completed trials.")  # fmt: skip
+    scale = {c: 100.0 for c in shown if _base(c).startswith("r2")}
+    return [Table("Tuning: best trial per model", caption, "tune", frame, [(c, 0) for c in shown],
+                  scale=scale, extra={"best config": best_cfg}, key="tune")]  # fmt: skip
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _generic(ok: pd.DataFrame, study: str, metrics: list[str] | None) -> list[Table]:
+    metrics = metrics or [c for c in METRIC_COLUMNS if _has(ok, c)] or _numeric_columns(ok)
+    if not metrics:
+        return []
+    row_col = "model"
+    if "case" in ok.columns and ok["case"].notna().any():
+        ok = ok.copy()
+        case = ok["case"].astype(str)
+        ok["row"] = case if ok["model"].nunique() == 1 else ok["model"].astype(str) + ":" + case
+        row_col = "row"
+    scale = {c: 100.0 for c in metrics if _base(c).startswith("r2")}
+    title = f"{study}: " + ", ".join(metrics) if len(metrics) <= 4 else f"{study}: {len(metrics)} metrics"
+    return [_mean_std_table(ok, study, metrics, title, f"Study {study!r}; R² in percent.", study,
+                            scale=scale, row_col=row_col, signif=row_col == "model")]  # fmt: skip
+
+
+def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] | None = None) -> list[Table]:
+    """Tables for one study or every study present; `metrics` asks for a custom table
+    (mean(std) of those columns, by model and m) instead of the paper layouts."""
+    if study is not None:
+        df = df[df["study"] == study]
+    studies = _order_studies(df["study"].unique())
+    if not studies:
+        raise UserError(f"no results for study {study!r}")
+    tables, failed = [], []
+    for s in studies:
+        ok = _ok(df[df["study"] == s])
+        if ok.empty:
+            failed.append(s)
+            continue
+        if metrics:
+            _check_metrics(ok, metrics, s)
+            tables += _generic(ok, s, metrics)
+        elif s == "benchmark":
+            tables += _benchmark(ok) or _generic(ok, s, None)
+        elif s == "robustness":
+            tables += _robustness(ok) if _has(ok, "omitted_rank_ic") else _generic(ok, s, None)
+        elif s == "tune":
+            tables += _tune(ok) or _generic(ok, s, None)
+        else:
+            tables += _generic(ok, s, None)
+    if not tables:
+        errs = df.loc[df.get("status", pd.Series(dtype=str)) == "error", "error"]
+        hint = f"; first error: {errs.iloc[0]}" if len(errs) else ""
+        raise UserError(f"no successful trials to tabulate in {', '.join(failed or studies)}{hint}")
+    return tables
+
+
+def _order_studies(names) -> list[str]:
+    names = [str(s) for s in names]
+    return [s for s in STUDY_ORDER if s in names] + sorted(s for s in names if s not in STUDY_ORDER)
+
+
+def long_table(df: pd.DataFrame, study: str | None = None) -> pd.DataFrame:
+    """Every metric column of the ok rows as `study,model,m,metric,mean,std,n` (raw units)."""
+    if study is not None:
+        df = df[df["study"] == study]
+    ok = _ok(df)
+    out = []
+    metric_cols = [c for c in METRIC_COLUMNS if c in ok.columns]
+    for s in _order_studies(ok["study"].unique()):
+        sub = ok[ok["study"] == s]
+        for model in _order_rows(sub["model"].unique()):
+            for m in sorted(sub["m"].unique()):
+                cell = sub[(sub["model"] == model) & (sub["m"] == m)]
+                for metric in metric_cols:
+                    v = cell[metric].astype(float)
+                    v = v[np.isfinite(v)]
+                    if len(v):
+                        out.append((s, model, int(m), metric, float(v.mean()),
+                                    float(v.std(ddof=1)) if len(v) > 1 else math.nan, int(len(v))))  # fmt: skip
+    return pd.DataFrame(out, columns=["study", "model", "m", "metric", "mean", "std", "n"])
