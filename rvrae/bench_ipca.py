@@ -46,15 +46,20 @@ def total_r2(panel: Panel, fitted: np.ndarray) -> float:
     return float(1.0 - ((r - fitted[panel.mask]) ** 2).sum() / (r**2).sum())
 
 
-def peer_fit(panel: Panel, K: int, max_iter: int = 10_000, tol: float = 1e-5):
+def peer_fit(panel: Panel, K: int, max_iter: int = 10_000, tol: float = 1e-5,
+             constant: bool = False):
     """Fit `ipca.InstrumentedPCA(n_factors=K, intercept=False)` on every month of the panel
-    (long layout: MultiIndex (entity, time)); returns (fitted [T, N] = Z_tΓf_t, seconds)."""
+    (long layout: MultiIndex (entity, time)); returns (fitted [T, N] = Z_tΓf_t, seconds).
+    `constant` hands the peer a column of ones as one more instrument (KPS's constant)."""
+    from rvrae.models.ipca import instruments
+
     import pandas as pd
     from ipca import InstrumentedPCA
 
     t_idx, n_idx = np.nonzero(panel.mask)
     index = pd.MultiIndex.from_arrays([n_idx, t_idx], names=["id", "t"])
-    X = pd.DataFrame(panel.chars[t_idx, n_idx].astype(np.float64), index=index)
+    Z = instruments(panel.chars, constant)  # [T, N, C (+1)]
+    X = pd.DataFrame(Z[t_idx, n_idx], index=index)
     y = pd.Series(panel.ret[t_idx, n_idx].astype(np.float64), index=index)
     peer = InstrumentedPCA(n_factors=K, intercept=False, max_iter=max_iter, iter_tol=float(tol))
     start = time.perf_counter()
@@ -62,15 +67,16 @@ def peer_fit(panel: Panel, K: int, max_iter: int = 10_000, tol: float = 1e-5):
         peer.fit(X, y, quiet=True)
     seconds = time.perf_counter() - start
     # The peer's months are the sorted unique times: here every month of the panel.
-    fitted = np.einsum("tnc,ck,kt->tn", panel.chars.astype(np.float64), peer.Gamma, peer.Factors)
+    fitted = np.einsum("tnc,ck,kt->tn", Z, peer.Gamma, peer.Factors)
     return fitted, seconds
 
 
-def ours_fit(panel: Panel, K: int, max_iter: int = 10_000, tol: float = 1e-5):
+def ours_fit(panel: Panel, K: int, max_iter: int = 10_000, tol: float = 1e-5,
+             constant: bool = False):
     """Our IPCA on every month of the panel; returns (fitted [T, N], seconds, model)."""
     from rvrae.models.ipca import IPCA
 
-    model = IPCA({"n_factors": K, "max_iter": max_iter, "tol": tol})
+    model = IPCA({"n_factors": K, "max_iter": max_iter, "tol": tol, "constant": constant})
     start = time.perf_counter()
     model.fit(panel, panel.view(np.arange(0)))
     seconds = time.perf_counter() - start

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rvrae.bench_ipca import ours_fit, peer_fit, planted_ipca_panel, total_r2
-from rvrae.models.ipca import IPCA, gamma_step, moments
+from rvrae.models.ipca import IPCA, gamma_step, instruments, moments
 from rvrae.models.registry import make_model
 
 
@@ -21,11 +21,11 @@ def peer_without_jit(monkeypatch):
             monkeypatch.setattr(ipca_mod, name, fn.py_func)
 
 
-@pytest.mark.parametrize("K", [1, 3])
-def test_agrees_with_reference_package(K, peer_without_jit):
+@pytest.mark.parametrize("K,constant", [(1, False), (3, False), (3, True)])
+def test_agrees_with_reference_package(K, constant, peer_without_jit):
     panel = planted_ipca_panel(150, 60, 8, K, seed=0)
-    ours, _, model = ours_fit(panel, K)
-    peer, _ = peer_fit(panel, K)
+    ours, _, model = ours_fit(panel, K, constant=constant)
+    peer, _ = peer_fit(panel, K, constant=constant)  # the peer gets the ones column as data
     live = panel.mask
     assert np.corrcoef(ours[live], peer[live])[0, 1] > 0.9999
     r2_ours, r2_peer = total_r2(panel, ours), total_r2(panel, peer)
@@ -68,7 +68,7 @@ def test_predict_realised_factors_and_prevailing_mean():
     # f_post = (ΓᵀZᵀZΓ)⁻¹ΓᵀZᵀr_t over live stocks: a per-month least squares, checked by lstsq.
     f_all = np.stack([
         np.linalg.lstsq(
-            panel.chars[t][panel.mask[t]].astype(np.float64) @ model.gamma_,
+            instruments(panel.chars[t][panel.mask[t]], True) @ model.gamma_,
             panel.ret[t][panel.mask[t]].astype(np.float64), rcond=None,
         )[0]
         for t in range(40)
@@ -78,7 +78,7 @@ def test_predict_realised_factors_and_prevailing_mean():
     np.testing.assert_allclose(fc.r_hat, np.einsum("tnk,tk->tn", fc.beta, fc.f_prior), atol=1e-6)
     # progress: called once, with the in-sample MSE the fitted model really has.
     assert len(calls) == 1 and calls[0][0] == model.n_iter_
-    fit = np.einsum("tnc,ck,tk->tn", panel.chars[:28].astype(np.float64), model.gamma_,
+    fit = np.einsum("tnc,ck,tk->tn", instruments(panel.chars[:28], True), model.gamma_,
                     model.factors_)
     mse = ((panel.ret[:28] - fit)[panel.mask[:28]] ** 2).mean()
     assert calls[0][1]["train_loss"] == pytest.approx(mse, rel=1e-6)
@@ -96,7 +96,7 @@ def test_degenerate_months_do_not_break_the_solves():
     model = IPCA({"n_factors": 2}).fit(panel.view(np.arange(20)), panel.view(np.arange(20, 25)))
     fc = model.predict(panel.view(np.arange(25, 30)))
     assert np.isfinite(model.gamma_).all() and np.isfinite(fc.r_hat).all()
-    assert np.abs(model.gamma_[3]).max() < 1e-6  # no loading on an all-zero characteristic
+    assert np.abs(model.gamma_[1 + 3]).max() < 1e-6  # no loading on an all-zero characteristic
     np.testing.assert_array_equal(model.realised_factors(panel, np.array([7])), 0.0)
 
 

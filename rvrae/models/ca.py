@@ -31,17 +31,24 @@ HIDDEN = {0: (), 1: (32,), 2: (32, 16), 3: (32, 16, 8)}
 
 
 class CAFactorNet(nn.Module):
-    """GKX factor net: linear map of the month's C characteristic-managed portfolios to K
-    factors. forward(z [B,N,C], r [B,N], m [B,N] float) -> f [B,K]."""
+    """GKX factor net: linear map of the month's characteristic-managed portfolios to K
+    factors. forward(z [B,N,C], r [B,N], m [B,N] float) -> f [B,K].
 
-    def __init__(self, n_chars: int, n_factors: int, ridge: float = 1e-4):
+    With `constant` (default) a column of ones joins Z before the portfolio solve, as KPS and
+    GKX include a constant instrument: ranks in [-1, 1] average zero, so without it no
+    portfolio carries the market level and a market factor cannot be recovered."""
+
+    def __init__(self, n_chars: int, n_factors: int, ridge: float = 1e-4, constant: bool = True):
         super().__init__()
         self.ridge = ridge
+        self.constant = constant
         # GKX write f_t = W₂ x_t with x_t the managed portfolios: linear, no intercept.
-        self.linear = nn.Linear(n_chars, n_factors, bias=False)
+        self.linear = nn.Linear(n_chars + int(constant), n_factors, bias=False)
 
     def forward(self, z: torch.Tensor, r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        y = managed_portfolios(z, r, m, self.ridge)  # [B, C]
+        if self.constant:
+            z = torch.cat([torch.ones_like(z[..., :1]), z], -1)  # [B, N, 1 + C]
+        y = managed_portfolios(z, r, m, self.ridge)  # [B, C (+1)]
         return self.linear(y)  # [B, K]
 
 

@@ -30,7 +30,7 @@ from rvrae.data.panel import Panel
 from rvrae.errors import UserError
 from rvrae.models.base import FactorModel, Forecast, forecast_from_prevailing_mean
 
-CHUNK = 16  # months per float64 chunk: bounds memory at paper scale (5,682 × 46 × 8 B × 16)
+CHUNK = 24  # months per float64 chunk: bounds memory (paper scale: 5,682 × 47 × 8 B × 24 = 51 MB)
 
 
 @dataclass
@@ -41,6 +41,9 @@ class Config:
     # Relative ridge on every solve (× the mean diagonal): keeps a characteristic that is all
     # zero (or a month with no stocks) from making a solve singular; 1e-8 moves nothing else.
     ridge: float = 1e-8
+    # A constant instrument next to the characteristics, as KPS (their z_{i,t} holds one):
+    # ranks average zero, so without it no beta carries the market level.
+    constant: bool = True
 
     def __post_init__(self):
         if self.n_factors < 1:
@@ -49,18 +52,26 @@ class Config:
             raise UserError("ipca: max_iter must be >= 1, tol > 0 and ridge >= 0")
 
 
+def instruments(chars: np.ndarray, constant: bool) -> np.ndarray:
+    """Z as float64, with a leading column of ones when `constant`: [t, N, C (+1)]."""
+    z = chars.astype(np.float64)
+    return np.concatenate([np.ones_like(z[..., :1]), z], -1) if constant else z
+
+
 def moments(
-    chars: np.ndarray, ret: np.ndarray, mask: np.ndarray
+    chars: np.ndarray, ret: np.ndarray, mask: np.ndarray, constant: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-month managed-portfolio moments over the live stocks, float64:
-    A [T, C, C] = ZᵀZ, b [T, C] = Zᵀr, rr [T] = rᵀr, n [T] = live stocks."""
+    A [T, C, C] = ZᵀZ, b [T, C] = Zᵀr, rr [T] = rᵀr, n [T] = live stocks
+    (C counts the constant instrument when there is one)."""
     T, N, C = chars.shape
+    C += int(constant)
     A, b = np.empty((T, C, C)), np.empty((T, C))
     for s in range(0, T, CHUNK):  # chunks of months, never stocks
         m = mask[s : s + CHUNK].astype(np.float64)  # [t, N]
-        z = chars[s : s + CHUNK].astype(np.float64) * m[..., None]  # [t, N, C]
+        z = instruments(chars[s : s + CHUNK], constant) * m[..., None]  # [t, N, C]
         A[s : s + CHUNK] = z.transpose(0, 2, 1) @ z
-        b[s : s + CHUNK] = np.einsum("tnc,tn->tc", z, ret[s : s + CHUNK] * m)
+        b[s : s + CHUNK] = (z.transpose(0, 2, 1) @ ret[s : s + CHUNK, :, None])[..., 0]
     r = np.where(mask, ret, 0).astype(np.float64)
     return A, b, np.einsum("tn,tn->t", r, r), mask.sum(1).astype(np.float64)
 
@@ -129,6 +140,15 @@ def _sse(gamma, F, A, b, rr) -> float:
     return float(rr.sum() - 2 * np.einsum("tc,ck,tk->", b, gamma, F) + fit2)
 
 
+def _rows(panel: Panel, months: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """chars, ret, mask of `months`: a view (no copy) when the months are a contiguous run."""
+    months = np.asarray(months)
+    if len(months) and np.array_equal(months, np.arange(months[0], months[0] + len(months))):
+        sl = slice(int(months[0]), int(months[0]) + len(months))
+        return panel.chars[sl], panel.ret[sl], panel.mask[sl]
+    return panel.chars[months], panel.ret[months], panel.mask[months]
+
+
 class IPCA(FactorModel):
     name = "ipca"
     Config = Config
@@ -137,8 +157,8 @@ class IPCA(FactorModel):
         """ALS on the training months (deterministic: `seed` and `device` do not matter; the
         work is a few small float64 solves on the CPU). `progress` is called once, at the end,
         with the in-sample and validation MSE (valid never influences the fit)."""
-        cfg, months = self.config, train.target_months
-        A, b, rr, n = moments(train.chars[months], train.ret[months], train.mask[months])
+        cfg = self.config
+        A, b, rr, n = moments(*_rows(train, train.target_months), cfg.constant)
         self.gamma_, self.factors_, self.n_iter_ = als(
             A, b, n, cfg.n_factors, cfg.max_iter, cfg.tol, cfg.ridge
         )
@@ -146,7 +166,7 @@ class IPCA(FactorModel):
                   / max(n.sum(), 1.0)}
         vm = valid.target_months
         if len(vm):
-            Av, bv, rrv, nv = moments(valid.chars[vm], valid.ret[vm], valid.mask[vm])
+            Av, bv, rrv, nv = moments(*_rows(valid, vm), cfg.constant)
             fv = factor_step(self.gamma_, Av, bv, cfg.ridge)
             record["valid_loss"] = _sse(self.gamma_, fv, Av, bv, rrv) / max(nv.sum(), 1.0)
         self.history_ = [record]
@@ -155,8 +175,8 @@ class IPCA(FactorModel):
         return self
 
     def betas(self, chars: np.ndarray) -> np.ndarray:
-        """β = ZΓ for [t, N, C] characteristics -> [t, N, K] float64."""
-        return chars.astype(np.float64) @ self.gamma_
+        """β = ZΓ for [t, N, C] characteristics -> [t, N, K] float64 (Z with its constant)."""
+        return instruments(chars, self.config.constant) @ self.gamma_
 
     def realised_factors(self, panel: Panel, months: np.ndarray) -> np.ndarray:
         """f_t = (ΓᵀZ_tᵀZ_tΓ)⁻¹ΓᵀZ_tᵀr_t over the month's live stocks (SPEC §3.2): [t, K]."""
