@@ -55,7 +55,7 @@ def fmt_number(metric: str, x: float, scale: float = 1.0) -> str:
     if x is None or not math.isfinite(x):
         return "–"
     d = _decimals(metric)
-    return f"{x * scale:.{d}f}" if d is not None else f"{x * scale:.4g}"
+    return f"{x * scale:.{d}f}" if d is not None else f"{x * scale:#.4g}".rstrip(".")
 
 
 def metric_label(metric: str, table: Table, latex: bool = False) -> str:
@@ -126,7 +126,7 @@ def _m_groups(table: Table) -> list[tuple[int, int]]:
 # ---- markdown ----------------------------------------------------------------------------
 def _markdown(table: Table) -> str:
     extra = list(table.extra)
-    head = ["Model"] + [_header(table, me, m) for me, m in table.cells] + ["n"] + extra
+    head = [table.row_label] + [_header(table, me, m) for me, m in table.cells] + ["n"] + extra
     lines = [f"**{table.title}**", "", "| " + " | ".join(head) + " |",
              "|" + "|".join([":---"] + ["---:"] * (len(table.cells) + 1) + [":---"] * len(extra)) + "|"]  # fmt: skip
     for r, cells in _rows(table):
@@ -164,7 +164,7 @@ def _latex(table: Table) -> str:
             col += k
         parts += [""] * (1 + len(extra))
         out += [" & ".join(parts) + r" \\", " ".join(rules)]
-    head = ["Model"] + [_header(table, me, m, latex=True) for me, m in table.cells] + ["$n$"]
+    head = [table.row_label] + [_header(table, me, m, latex=True) for me, m in table.cells] + ["$n$"]
     head += [_tex_escape(e) for e in extra]
     assert len(head) == ncols
     out += [" & ".join(head) + r" \\", r"\midrule"]
@@ -205,7 +205,7 @@ def _csv(tables: list[Table]) -> str:
 # ---- rich --------------------------------------------------------------------------------
 def _rich(table: Table) -> RichTable:
     rt = RichTable(title=table.title, caption=table.caption, caption_justify="left")
-    rt.add_column("Model", style="bold")
+    rt.add_column(table.row_label, style="bold")
     for me, m in table.cells:
         rt.add_column(_header(table, me, m), justify="right")
     rt.add_column("n", justify="right")
@@ -244,6 +244,8 @@ def print_oracle(synth, console: Console) -> None:
     rt.add_column("metric")
     rt.add_column("value", justify="right")
     for k, v in scores.items():
+        if v is None or not math.isfinite(float(v)):
+            continue  # e.g. coverage: the oracle has no forecast distribution
         pct = _base(k).startswith("r2")
         label = METRIC_LABELS.get(k, (k,))[0] + (" (%)" if pct else "")
         rt.add_row(label, f"{float(v) * (100 if pct else 1):.3f}")
@@ -265,7 +267,9 @@ def _fallback_summary(panel) -> dict:
     }
 
 
-def _fmt_info(v: Any) -> str:
+def _fmt_info(v: Any, key: str = "") -> str:
+    if isinstance(v, float) and "share" in key:
+        return f"{v:.1%}" if math.isfinite(v) else "–"
     if isinstance(v, dict):
         return ", ".join(f"{k} {_fmt_info(x)}" for k, x in v.items())
     if isinstance(v, (list, tuple)):
@@ -288,5 +292,5 @@ def print_panel_info(panel, console: Console) -> None:
     rt.add_column("")
     rt.add_column("", overflow="fold")
     for k, v in summary.items():
-        rt.add_row(str(k).replace("_", " "), _fmt_info(v))
+        rt.add_row(str(k).replace("_", " "), _fmt_info(v, str(k)))
     console.print(rt)

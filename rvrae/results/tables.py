@@ -77,6 +77,7 @@ class Table:
     scale: dict[str, float] = field(default_factory=dict)
     extra: dict[str, dict[str, str]] = field(default_factory=dict)  # text column -> row -> text
     key: str = ""  # short id (latex label, file names)
+    row_label: str = "Model"  # header of the row-key column ("Case" for speed studies)
 
     @property
     def rows(self) -> list[str]:
@@ -158,11 +159,11 @@ def _mean_std_table(ok, study, metrics, title, caption, key, scale=None, row_col
     note = _sig_note(ok) if signif else ""
     caption = f"{caption} Mean (std) over seeds; n = seeds; best per column in bold.{note}"
     return Table(title, caption, study, frame, cells, by_m=len(ms) > 1 or ms != [0],
-                 scale=scale or {}, key=key)  # fmt: skip
+                 scale=scale or {}, key=key, row_label="Model" if row_col == "model" else "Case")  # fmt: skip
 
 
 def _numeric_columns(ok: pd.DataFrame) -> list[str]:
-    skip = set(PROVENANCE_COLUMNS) | {"case"}
+    skip = (set(PROVENANCE_COLUMNS) - {"fit_seconds", "epochs"}) | {"case"}
     out = []
     for c in ok.columns:
         if c in skip or c.startswith(("hp_", "ls_")):
@@ -258,7 +259,8 @@ def _generic(ok: pd.DataFrame, study: str, metrics: list[str] | None) -> list[Ta
         row_col = "row"
     scale = {c: 100.0 for c in metrics if _base(c).startswith("r2")}
     title = f"{study}: " + ", ".join(metrics) if len(metrics) <= 4 else f"{study}: {len(metrics)} metrics"
-    return [_mean_std_table(ok, study, metrics, title, f"Study {study!r}; R² in percent.", study,
+    caption = f"Study {study!r}" + ("; R² in percent." if scale else ".")
+    return [_mean_std_table(ok, study, metrics, title, caption, study,
                             scale=scale, row_col=row_col, signif=row_col == "model")]  # fmt: skip
 
 

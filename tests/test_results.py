@@ -1,0 +1,292 @@
+"""Results store, tables, renderers and plots on a small hand-made results set (SPEC §6–7).
+
+The set (4 seeds; hand-computed means and stds in the golden strings below):
+  rvrae  r2_total .19 .21 .19 .21 -> 20.00(1.15) %   r2_pred .014 .016 .014 .016 -> 1.50(0.12) %
+  ipca   r2_total = rvrae - .05 ± .001 -> 15.00(1.04) %, significant (paired differences ~ -.05)
+  ca     r2_total .20 .18 .21 .19 -> 19.50(1.29) %, differences .01 -.03 .02 -.02: p ~ 0.7, not significant
+"""
+
+import json
+import math
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from rvrae.cli import main
+from rvrae.errors import UserError
+from rvrae.results.render import print_oracle, print_panel_info, render_tables
+from rvrae.results.store import (
+    RESULT_COLUMNS, cell_key, existing_cells, provenance, read_results, write_row,
+)  # fmt: skip
+from rvrae.results.tables import build_tables, long_table
+
+SEEDS = range(4)
+BENCH = {
+    "rvrae": dict(r2_total=[.19, .21, .19, .21], r2_pred=[.014, .016, .014, .016],
+                  sharpe=[2.0, 2.2, 2.0, 2.2], sharpe_net=[1.9, 2.1, 1.9, 2.1]),
+    "ipca": dict(r2_total=[.141, .159, .141, .159], r2_pred=[.004, .0065, .0035, .006],
+                 sharpe=[1.0, 1.2, 1.1, 0.9], sharpe_net=[0.7, 0.9, 0.8, 0.6]),
+    "ca": dict(r2_total=[.20, .18, .21, .19], r2_pred=[.012] * 4,
+               sharpe=[2.3, 2.0, 2.2, 2.1], sharpe_net=[2.2, 1.9, 2.1, 2.0]),
+}  # fmt: skip
+ROBUST = {
+    "rvrae": dict(omitted_rank_ic=[.05, .06, .05, .06], omitted_rank_icir=[.3, .32, .3, .32]),
+    "ipca": dict(omitted_rank_ic=[.01, .02, .015, .015], omitted_rank_icir=[.1, .12, .11, .13]),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("results")
+    prov = provenance()
+    for model, cols in BENCH.items():
+        for s in SEEDS:
+            g = 0.01 + 0.02 * np.sin(np.arange(24) + s)
+            write_row(d, dict(study="benchmark", model=model, seed=s, m=0, trial_id=f"{model}-s{s}",
+                              config={"lr": 1e-3, "hidden": 16}, **{k: v[s] for k, v in cols.items()},
+                              ls_gross=g, ls_net=g - 0.001, ls_dates=[f"{2020 + i // 12}-{i % 12 + 1:02d}" for i in range(24)],
+                              **prov))  # fmt: skip
+    write_row(d, dict(study="benchmark", model="ipca", seed=9, m=0, trial_id="ipca-s9", status="error",
+                      error="ValueError: boom", r2_total=99.0, config={}))  # fmt: skip
+    for model, cols in ROBUST.items():
+        for m in (50, 100):
+            for s in SEEDS:
+                write_row(d, dict(study="robustness", model=model, seed=s, m=m, trial_id=f"{model}-m{m}-s{s}",
+                                  config={}, **{k: v[s] for k, v in cols.items()}))  # fmt: skip
+    for model in ("rvrae", "ipca"):
+        for i, (obj, lr) in enumerate([(0.02, 1e-2), (0.05, 1e-3), (0.01, 1e-4)]):
+            write_row(d, dict(study="tune", model=model, seed=0, trial_id=f"t{i}", config={"lr": lr},
+                              valid_rank_ic=obj, rank_ic=obj / 2, started_at=f"2024-01-01T00:0{i}"))  # fmt: skip
+    for case, secs in (("small", [1.0, 3.0]), ("large", [10.0, 14.0])):
+        for s, v in enumerate(secs):
+            write_row(d, dict(study="speed", model="rvrae", seed=s, trial_id=f"{case}-{s}", case=case,
+                              config={}, fit_seconds=v, epoch_seconds=v / 10))  # fmt: skip
+    return d
+
+
+def run_cli(capsys, *args):
+    rc = main(["table", *map(str, args)])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+GOLDEN_MD = """\
+**Table I: total and predictive R²**
+
+| Model | Total R² (%) | Predictive R² (%) | n |
+|:---|---:|---:|---:|
+| IPCA | 15.00(1.04)* | 0.50(0.15)* | 4 |
+| CA | 19.50(1.29) | 1.20(0.00)* | 4 |
+| RVRAE | **20.00(1.15)** | **1.50(0.12)** | 4 |
+
+Out-of-sample total R² (eq. 32) and predictive R² (eq. 33), in percent. Mean (std) over seeds; n = seeds; best per column in bold. * = paired t-test over seeds vs RVRAE (scipy.stats.ttest_rel, two-sided), p < 0.05.
+
+**Table II: out-of-sample Sharpe ratio**
+
+| Model | Sharpe | Sharpe (30 bps) | n |
+|:---|---:|---:|---:|
+| IPCA | 1.05(0.13)* | 0.75(0.13)* | 4 |
+| CA | **2.15(0.13)** | **2.05(0.13)** | 4 |
+| RVRAE | 2.10(0.12) | 2.00(0.12) | 4 |
+
+Annualised Sharpe ratio of the decile long-short portfolio, without transaction costs and with 30 bps per unit of turnover. Mean (std) over seeds; n = seeds; best per column in bold. * = paired t-test over seeds vs RVRAE (scipy.stats.ttest_rel, two-sided), p < 0.05.
+"""
+
+GOLDEN_CSV = """\
+study,model,m,metric,mean,std,n
+robustness,ipca,50,omitted_rank_ic,0.015,0.004082482905,4
+robustness,ipca,50,omitted_rank_icir,0.115,0.01290994449,4
+robustness,ipca,100,omitted_rank_ic,0.015,0.004082482905,4
+robustness,ipca,100,omitted_rank_icir,0.115,0.01290994449,4
+robustness,rvrae,50,omitted_rank_ic,0.055,0.005773502692,4
+robustness,rvrae,50,omitted_rank_icir,0.31,0.01154700538,4
+robustness,rvrae,100,omitted_rank_ic,0.055,0.005773502692,4
+robustness,rvrae,100,omitted_rank_icir,0.31,0.01154700538,4
+"""
+
+
+def test_markdown_golden(results_dir, capsys):
+    rc, out, _ = run_cli(capsys, results_dir, "--study", "benchmark", "--format", "markdown")
+    assert rc == 0
+    assert out == GOLDEN_MD
+
+
+def test_csv_golden(results_dir, capsys):
+    rc, out, _ = run_cli(capsys, results_dir, "--study", "robustness", "--format", "csv")
+    assert rc == 0
+    assert out == GOLDEN_CSV
+
+
+def test_significance_marks_only_real_differences(results_dir):
+    df = read_results(results_dir, "benchmark")
+    t1 = build_tables(df, "benchmark")[0]
+    f = t1.frame
+    assert f.loc["ipca", ("r2_total", 0, "sig")] and f.loc["ipca", ("r2_total", 0, "p")] < 1e-4
+    assert not f.loc["ca", ("r2_total", 0, "sig")] and f.loc["ca", ("r2_total", 0, "p")] > 0.5
+    assert math.isnan(f.loc["rvrae", ("r2_total", 0, "p")])  # no test against itself
+    # the error row (r2_total = 99) is not aggregated: n = 4 and the best is RVRAE's
+    assert f.loc["ipca", ("r2_total", 0, "n")] == 4
+    assert f.loc["rvrae", ("r2_total", 0, "best")] and f["r2_total", 0, "best"].sum() == 1
+
+
+def _check_latex(text: str, cells_per_row: list[int]):
+    assert text.count(r"\begin{") == text.count(r"\end{")
+    for env in ("table", "tabular"):
+        assert text.count(rf"\begin{{{env}}}") == text.count(rf"\end{{{env}}}") >= 1
+    specs = re.findall(r"\\begin\{tabular\}\{([lrc]+)\}", text)
+    assert len(specs) == len(cells_per_row)
+    for block, spec, ncells in zip(text.split(r"\begin{tabular}")[1:], specs, cells_per_row):
+        body = block.split(r"\end{tabular}")[0]
+        assert body.count(r"\toprule") == body.count(r"\midrule") == body.count(r"\bottomrule") == 1
+        assert len(spec) == ncells
+        head, rows = body.split(r"\midrule")
+        for line in (head.strip().splitlines()[-1], *rows.split(r"\bottomrule")[0].strip().splitlines()):
+            assert line.endswith(r"\\")
+            assert len(line[:-2].split(" & ")) == ncells, line
+    assert r"\caption{" in text and "ttest" in text
+
+
+def test_latex_structure_every_study(results_dir, capsys):
+    rc, out, _ = run_cli(capsys, results_dir, "--format", "latex")
+    assert rc == 0
+    # tune (model, 2 metrics, n, best config), Table I, II (model, 2, n), III (model, 4, n), speed
+    assert out.count(r"\begin{tabular}") == 5
+    _check_latex(out, [5, 4, 4, 6, 4])
+    assert r"\multicolumn{2}{c}{$m = 50$}" in out and r"\cmidrule(lr){2-3}" in out
+    assert r"\textbf{20.00(1.15)}" in out and r"15.00(1.04)$^{*}$" in out
+    assert "p $<$ 0.05" in out
+
+
+def test_every_format_of_every_table(results_dir, capsys):
+    for fmt in ("markdown", "csv", "latex"):
+        rc, out, _ = run_cli(capsys, results_dir, "--format", fmt)
+        assert rc == 0 and out.strip()
+    console = Console(record=True, width=250, force_terminal=True, color_system="standard")
+    tables = build_tables(read_results(results_dir))
+    assert [t.key for t in tables] == ["tune", "table1", "table2", "table3", "speed"]
+    assert render_tables(tables, "rich", console=console) == ""
+    text = console.export_text(styles=True)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    assert "Table III" in plain and "0.055(0.006)" in plain and "0.015(0.004)*" in plain
+    assert re.search(r"\x1b\[1;32m20\.00\(1\.15\)", text)  # best: bold green
+    assert not re.search(r"\x1b\[1;32m15\.00", text)
+    rc, _, _ = run_cli(capsys, results_dir, "--format", "rich")
+    assert rc == 0
+
+
+def test_tune_table_picks_best_trial(results_dir):
+    (t,) = build_tables(read_results(results_dir, "tune"), "tune")
+    assert t.frame.loc["rvrae", ("valid_rank_ic", 0, "mean")] == pytest.approx(0.05)
+    assert t.frame.loc["rvrae", ("rank_ic", 0, "mean")] == pytest.approx(0.025)
+    assert t.frame.loc["ipca", ("valid_rank_ic", 0, "n")] == 3
+    assert t.extra["best config"]["rvrae"] == "lr=0.001"
+
+
+def test_generic_speed_table_by_case(results_dir, capsys):
+    rc, out, _ = run_cli(capsys, results_dir, "--study", "speed", "--format", "markdown")
+    assert rc == 0
+    assert "| Case | fit_seconds | epoch_seconds | n |" in out
+    # fit_seconds: lower is better, so the small case is the best of its column
+    assert "| small | **2.000(1.414)** | **0.2000(0.1414)** | 2 |" in out
+    assert "| large | 12.00(2.828) | 1.200(0.2828) | 2 |" in out
+
+
+def test_custom_metrics_and_long_table(results_dir, capsys):
+    rc, out, _ = run_cli(capsys, results_dir, "--study", "benchmark", "--format", "csv", "--metrics", "sharpe")
+    assert rc == 0
+    lines = out.strip().splitlines()
+    assert lines[0] == "study,model,m,metric,mean,std,n" and len(lines) == 4
+    assert lines[3].startswith("benchmark,rvrae,0,sharpe,2.1,")
+    rc, _, err = run_cli(capsys, results_dir, "--metrics", "nosuch")
+    assert rc == 2 and "nosuch" in err and len(err.strip().splitlines()) == 1
+    lt = long_table(read_results(results_dir), "benchmark")
+    assert list(lt.columns) == ["study", "model", "m", "metric", "mean", "std", "n"]
+    row = lt[(lt.model == "rvrae") & (lt.metric == "r2_total")].iloc[0]
+    assert row["mean"] == pytest.approx(0.20) and row["std"] == pytest.approx(0.02 / math.sqrt(3)) and row["n"] == 4
+
+
+def test_store_columns_config_and_temp_files(results_dir, tmp_path):
+    df = read_results(results_dir, "benchmark")
+    assert set(RESULT_COLUMNS) <= set(df.columns)
+    assert len(df) == 13 and set(df["status"]) == {"ok", "error"}
+    r = df[(df.model == "rvrae") & (df.seed == 0)].iloc[0]
+    assert json.loads(r["config"]) == {"hidden": 16, "lr": 0.001} and r["hp_hidden"] == 16
+    assert json.loads(r["versions"])["numpy"] == np.__version__
+    assert len(json.loads(r["ls_gross"])) == 24
+    # temp / hidden files are invisible; so are files of other studies when filtering
+    folder = results_dir / "study=benchmark" / "model=rvrae"
+    (folder / ".rvrae-s0.parquet.tmp").write_bytes(b"half a file")
+    (folder / ".hidden.parquet").write_bytes(b"junk")
+    assert len(read_results(results_dir, "benchmark")) == 13
+    # pandas / pyarrow read the folder as one hive dataset too
+    assert len(pd.read_parquet(results_dir / "study=benchmark")) == 13
+
+
+def test_write_row_atomic_replace_and_cells(tmp_path):
+    row = dict(study="benchmark", model="ca", seed=3, m=50, trial_id="x1", config={"b": 1, "a": 2.0}, rank_ic=0.1)
+    p = write_row(tmp_path, row)
+    assert p == tmp_path / "study=benchmark" / "model=ca" / "x1.parquet"
+    write_row(tmp_path, {**row, "rank_ic": 0.2})  # same trial: replaced, never duplicated
+    assert [q.name for q in p.parent.iterdir()] == ["x1.parquet"]
+    df = read_results(tmp_path)
+    assert len(df) == 1 and df["rank_ic"].iloc[0] == 0.2 and df["study"].iloc[0] == "benchmark"
+    key = cell_key({**row, "config": {"a": 2.0, "b": 1}})
+    assert existing_cells(tmp_path, "benchmark") == {key}
+    assert key == ("benchmark", "ca", 3, 50, '{"a":2.0,"b":1}')
+    assert existing_cells(tmp_path, "robustness") == set() and existing_cells(tmp_path / "no", "x") == set()
+    with pytest.raises(UserError):
+        write_row(tmp_path, {**row, "model": "../evil"})
+
+
+def test_read_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(UserError, match="does not exist"):
+        read_results(tmp_path / "missing")
+    with pytest.raises(UserError, match="no results"):
+        read_results(tmp_path)
+    write_row(tmp_path, dict(study="tune", model="ca", trial_id="a", valid_rank_ic=0.1))
+    with pytest.raises(UserError, match="studies present: tune"):
+        read_results(tmp_path, "benchmark")
+    rc, _, err = run_cli(capsys, tmp_path / "missing")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    rc, _, err = run_cli(capsys, tmp_path, "--format", "html")
+    assert rc == 2 and "html" in err
+    write_row(tmp_path, dict(study="benchmark", model="ca", trial_id="e", status="error", error="Boom"))
+    with pytest.raises(UserError, match="Boom"):
+        build_tables(read_results(tmp_path, "benchmark"), "benchmark")
+
+
+def test_plots(results_dir, tmp_path, capsys):
+    out = tmp_path / "fig"
+    assert main(["plot", str(results_dir), "--out", str(out)]) == 0
+    pngs = sorted(p.name for p in out.iterdir())
+    assert pngs == ["cumulative_long_short.png", "rank_ic_by_m.png", "tune_history.png"]
+    for name in pngs:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    only_speed = tmp_path / "speed"
+    write_row(only_speed, dict(study="speed", model="ca", trial_id="a", fit_seconds=1.0))
+    assert main(["plot", str(only_speed), "--out", str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "none").exists()
+
+
+def test_print_oracle_and_panel_info():
+    console = Console(record=True, width=120)
+    synth = SimpleNamespace(oracle=SimpleNamespace(scores={"r2_total": 0.181, "r2_pred": 0.0123,
+                                                           "rank_ic": 0.071, "coverage90": math.nan}))  # fmt: skip
+    print_oracle(synth, console)
+    text = console.export_text()
+    assert "18.100" in text and "1.230" in text and "0.071" in text and "Coverage" not in text
+    from rvrae.data.panel import Panel
+
+    mask = np.ones((3, 12), bool)
+    mask[0, :4] = False
+    panel = Panel(chars=np.zeros((3, 12, 2), np.float32), ret=np.zeros((3, 12), np.float32), mask=mask,
+                  dates=np.arange("2020-01", "2020-04", dtype="datetime64[M]"), ids=np.arange(12).astype(str),
+                  char_names=("size", "bm"), source="tiny")  # fmt: skip
+    print_panel_info(panel, console)
+    text = console.export_text()
+    assert "months" in text and "characteristics" in text and "2020-03" in text and "size" in text
