@@ -70,7 +70,8 @@ def test_factor_net_is_linear_in_the_managed_portfolios():
     ones = torch.cat([torch.ones(3, 20, 1), z], -1)  # KPS/GKX's constant instrument first
     torch.testing.assert_close(f, managed_portfolios(ones, r, m, 1e-4) @ net.linear.weight.T)
     bare = CAFactorNet(C, 4, ridge=1e-4, constant=False)
-    torch.testing.assert_close(bare(z, r, m), managed_portfolios(z, r, m, 1e-4) @ bare.linear.weight.T)
+    expected = managed_portfolios(z, r, m, 1e-4) @ bare.linear.weight.T
+    torch.testing.assert_close(bare(z, r, m), expected)
     # Returns of dead stocks do not move the factors.
     torch.testing.assert_close(net(z, r + 10 * (1 - m), m), f)
 

@@ -4,7 +4,8 @@ models"; SPEC §3.2).
     beta net    β_t = g(Z_t)              Z_t = chars of the target month (known before r_t)
                 g = [Linear -> BatchNorm -> ReLU] × depth -> Linear(K)
                 hidden sizes: CA0 none, CA1 32, CA2 32-16, CA3 32-16-8
-    factor net  f_t = W y_t,  y_t = (Z_tᵀ M Z_t + εI)⁻¹ Z_tᵀ M r_t   (managed portfolios, C -> K)
+    factor net  f_t = W y_t,  y_t = (Z̃_tᵀ M Z̃_t + εI)⁻¹ Z̃_tᵀ M r_t  (managed portfolios -> K)
+                Z̃ = [1, Z]: a constant instrument, our reading (see CAFactorNet)
     output      r̂_t = β_t f_t;  loss = masked MSE + λ₁ Σ|weights|
 
 f_post is the factor net on the month's own portfolios (it uses r_t: the realised factor).
