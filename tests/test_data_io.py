@@ -1,0 +1,200 @@
+"""Readers and strict validation (SPEC §2.1, §8), mostly through the CLI in-process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rvrae.cli import main
+from rvrae.data.io import load_data, load_panel, panel_summary, write_long
+from rvrae.data.synthetic import SynthConfig, make_synthetic
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_synthetic(SynthConfig(seed=1, n_stocks=40, n_months=24, n_chars=3))
+
+
+def _frame(n_ids=4, n_months=3):
+    ids = np.repeat(np.arange(1, n_ids + 1), n_months)
+    months = np.tile(np.arange(n_months), n_ids)
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "permno": ids,
+            "date": [f"2001-{m + 1:02d}" for m in months],
+            "ret": rng.normal(0, 0.1, len(ids)),
+            "size": rng.normal(size=len(ids)),
+            "bm": rng.normal(size=len(ids)),
+        }
+    )
+
+
+def _check(path, capsys, *names):
+    rc = main(["data", "check", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1, err
+    for n in names:
+        assert n in err, err
+    return err
+
+
+# ---- bad input: one line, exit 2 ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit, names",
+    [
+        (lambda d: d.drop(columns="permno"), ["stock id", "permno"]),
+        (lambda d: d.drop(columns="date"), ["date column"]),
+        (lambda d: d.drop(columns="ret"), ["return column", "ret"]),
+        (lambda d: pd.concat([d, d.iloc[[2]]]), ["duplicate", "(1, 2001-03)"]),
+        (lambda d: d.assign(bm=["x"] + list(d.bm[1:])), ["'bm'", "not numeric", "row 1"]),
+        (lambda d: d.assign(ret=[np.inf] + list(d.ret[1:])), ["inf", "'ret'", "row 1"]),
+        (lambda d: d.assign(ret=list(d.ret[:5]) + [np.nan] + list(d.ret[6:])), ["NaN", "'ret'", "row 6"]),
+        (lambda d: d.assign(date=list(d.date[:3]) + ["not-a-date"] + list(d.date[4:])), ["unparseable date", "'not-a-date'", "row 4"]),
+        (lambda d: d.iloc[:0], ["empty file"]),
+    ],
+    ids=["no-id", "no-date", "no-ret", "duplicate", "non-numeric", "inf-ret", "nan-ret", "bad-date", "header-only"],
+)
+def test_bad_csv(tmp_path, capsys, edit, names):
+    p = tmp_path / "panel.csv"
+    edit(_frame()).to_csv(p, index=False)
+    err = _check(p, capsys, *names)
+    assert str(p) in err
+
+
+def test_empty_file(tmp_path, capsys):
+    p = tmp_path / "empty.csv"
+    p.write_bytes(b"")
+    _check(p, capsys, "empty file")
+
+
+def test_not_parquet_or_csv(tmp_path, capsys):
+    p = tmp_path / "panel.txt"
+    p.write_text("permno,date,ret\n1,2000-01,0.1\n")
+    _check(p, capsys, "unsupported file type", ".txt")
+    g = tmp_path / "garbage.parquet"
+    g.write_bytes(b"\x00\x01garbage bytes, not parquet" * 10)
+    _check(g, capsys, "not a readable Parquet file")
+
+
+def test_corrupt_npz(tmp_path, capsys):
+    p = tmp_path / "cpz.npz"
+    p.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    _check(p, capsys, "corrupt", ".npz")
+    q = tmp_path / "nodata.npz"
+    np.savez(q, date=np.arange(3))
+    _check(q, capsys, "no 'data' array")
+
+
+def test_parquet_errors_name_the_column(tmp_path, capsys):
+    p = tmp_path / "p.parquet"
+    _frame().rename(columns={"ret": "returns"}).to_parquet(p)
+    _check(p, capsys, "no return column", "returns")
+
+
+def test_missing_file(tmp_path, capsys):
+    _check(tmp_path / "nope.csv", capsys, "no such file")
+
+
+# ---- readers --------------------------------------------------------------------------------
+
+
+def test_aliases_and_date_formats(tmp_path):
+    base = _frame()
+    ref = None
+    variants = {
+        "yyyymm": lambda d: d.rename(columns={"permno": "gvkey", "date": "yyyymm", "ret": "RET"}).assign(
+            yyyymm=[int(s.replace("-", "")) for s in d.date]
+        ),
+        "yyyymmdd": lambda d: d.rename(columns={"permno": "id", "date": "eom", "ret": "ret_exc_lead1m"}).assign(
+            eom=[int(s.replace("-", "") + "28") for s in d.date]
+        ),
+        "date": lambda d: d.rename(columns={"permno": "ticker", "date": "DATE"}).assign(
+            DATE=pd.to_datetime(d.date) + pd.offsets.MonthEnd(0), ticker=[f"T{i}" for i in d.permno]
+        ),
+        "yyyy-mm": lambda d: d,
+    }
+    for name, edit in variants.items():
+        for suffix in (".csv", ".parquet"):
+            p = tmp_path / f"{name}{suffix}"
+            write_long(edit(base), p)
+            pan = load_panel(p)
+            assert pan.dates[0] == np.datetime64("2001-01") and pan.T == 3 and pan.N == 4, name
+            assert pan.char_names == ("size", "bm"), name
+            assert pan.source == str(p)
+            if ref is None:
+                ref = pan
+            np.testing.assert_allclose(pan.ret, ref.ret, rtol=1e-6)
+            np.testing.assert_array_equal(pan.chars, ref.chars)
+            assert pan.mask.all()
+
+
+def test_lag_percent_chars_and_range(tmp_path):
+    d = _frame(n_ids=5, n_months=4)
+    p = tmp_path / "p.csv"
+    write_long(d, p)
+    same = load_panel(p)
+    lag = load_panel(p, alignment="lag")
+    # lag: month t sees the stock's characteristics of month t-1; month 0 sees none (zeros)
+    np.testing.assert_array_equal(lag.chars[1:], same.chars[:-1])
+    assert (lag.chars[0] == 0).all()
+    np.testing.assert_allclose(load_panel(p, percent=True).ret, same.ret / 100, rtol=1e-6)
+    only = load_panel(p, chars=["bm"], start="2001-02", end="2001-03")
+    assert only.char_names == ("bm",) and only.T == 2 and only.dates[0] == np.datetime64("2001-02")
+    np.testing.assert_array_equal(only.chars[..., 0], same.chars[1:3, :, 1])
+    with pytest.raises(Exception, match="alignment"):
+        load_panel(p, alignment="sideways")
+
+
+def test_npz_round_trip(tmp_path, small):
+    """The CPZ layout carries the same panel as the long file."""
+    long = tmp_path / "s.parquet"
+    write_long(small.frame, long)
+    ref = load_panel(long)
+    raw = np.full((ref.T, ref.N, 1 + ref.C), -99.99, dtype=np.float64)
+    f = small.frame
+    t = ((f.date.values.astype("datetime64[M]") - ref.dates[0]).astype(int))
+    n = np.searchsorted(ref.ids, f.permno.astype(str).values)
+    raw[t, n, 0] = f.ret.values
+    vals = f[list(ref.char_names)].to_numpy()
+    raw[t, n, 1:] = np.where(np.isnan(vals), -99.99, vals)
+    npz = tmp_path / "cpz.npz"
+    np.savez(
+        npz,
+        data=raw,
+        date=np.asarray([int(str(d).replace("-", "") + "15") for d in ref.dates]),
+        permno=ref.ids.astype(np.int64),
+        variable=np.asarray(["RET", *ref.char_names]),
+    )
+    got = load_panel(npz)
+    np.testing.assert_array_equal(got.mask, ref.mask)
+    np.testing.assert_allclose(got.ret, ref.ret, rtol=1e-6)
+    np.testing.assert_allclose(got.chars, ref.chars, atol=1e-6)
+    assert got.char_names == ref.char_names and list(got.ids) == list(ref.ids)
+
+
+def test_summary_and_load_data(tmp_path, small):
+    p = tmp_path / "s.csv"
+    write_long(small.frame, p)
+    pan = load_data(str(p))
+    s = panel_summary(pan)
+    assert s["months"] == 24 and s["characteristics"] == 3
+    assert s["stocks_per_month_min"] == s["stocks_per_month_max"] == 40
+    assert s["stocks"] == pan.N > 40  # entry and exit: the union is larger
+    want = small.frame[list(pan.char_names)].isna().to_numpy().mean()
+    assert s["missing_share"] == pytest.approx(want)
+    assert main(["data", "info", str(p)]) == 0
+
+
+def test_write_long_is_atomic(tmp_path):
+    d = _frame()
+    with pytest.raises(Exception):
+        write_long(d, tmp_path / "p.txt")
+    bad = d.assign(size=[object()] * len(d))  # pyarrow cannot write this
+    with pytest.raises(Exception):
+        write_long(bad, tmp_path / "p.parquet")
+    assert list(tmp_path.iterdir()) == []
