@@ -173,16 +173,24 @@ def read_results(out_dir: str | Path, study: str | None = None) -> pd.DataFrame:
         where = f" for study {study!r}" if study else ""
         hint = f" (studies present: {', '.join(present)})" if present and study else ""
         raise UserError(f"no results in {str(root)!r}{where}{hint}")
-    frames = []
+    tables = []
     for p in files:
         try:
-            frame = pq.read_table(p).to_pandas()
+            t = pq.read_table(p)
         except Exception as e:  # a foreign or damaged file: name it
             raise UserError(f"cannot read results file {str(p)!r}: {e}") from None
-        frame.insert(0, "model", p.parent.name.split("=", 1)[1])
-        frame.insert(0, "study", p.parent.parent.name.split("=", 1)[1])
-        frames.append(frame)
-    df = pd.concat(frames, ignore_index=True)
+        part = {"study": p.parent.parent.name.split("=", 1)[1], "model": p.parent.name.split("=", 1)[1]}
+        for i, (k, v) in enumerate(part.items()):
+            if k in t.column_names:
+                t = t.drop_columns([k])
+            t = t.add_column(i, k, pa.array([v] * t.num_rows, pa.string()))
+        tables.append(t)
+    # One conversion to pandas: rows of different trials may carry different columns and
+    # types (an hp that is int in one trial, float in another): arrow promotes them.
+    try:
+        df = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):  # e.g. str vs int
+        df = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
     head = [c for c in RESULT_COLUMNS if c in df.columns]
     hps = sorted(c for c in df.columns if c.startswith("hp_"))
     df = df[head + hps + [c for c in df.columns if c not in head and c not in hps]]

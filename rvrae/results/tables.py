@@ -111,8 +111,9 @@ def _paired_p(a: pd.Series, b: pd.Series) -> float:
 
 def _aggregate(ok: pd.DataFrame, row_col: str, metrics: list[str], ms: list[int], signif: bool):
     """The MultiIndex frame of a mean(std) table."""
+    ok = ok[list(dict.fromkeys([row_col, "seed", "m", *metrics]))]  # narrow before filtering
     rows = _order_rows(ok[row_col].unique())
-    cols, data, cells = [], {}, []
+    data, cells = {}, []
     for m in ms:
         sub_m = ok[ok["m"] == m]
         for metric in metrics:
@@ -213,6 +214,7 @@ def _tune(ok: pd.DataFrame, objective: str = TUNE_OBJECTIVE) -> list[Table]:
     if not _has(ok, objective):
         return []
     shown = [objective] + [c for c in ("rank_ic", "r2_total", "r2_pred") if _has(ok, c)]
+    ok = ok[["model", *shown, *(c for c in ok.columns if c.startswith("hp_"))]]
     rows = _order_rows(ok["model"].unique())
     data, best_cfg = {}, {}
     for metric in shown:
@@ -275,6 +277,7 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
     tables, failed = [], []
     for s in studies:
         ok = _ok(df[df["study"] == s])
+        ok = ok.loc[:, ok.notna().any()]  # columns of other studies (all NaN here) go
         if ok.empty:
             failed.append(s)
             continue
