@@ -290,3 +290,12 @@ def test_print_oracle_and_panel_info():
     print_panel_info(panel, console)
     text = console.export_text()
     assert "months" in text and "characteristics" in text and "2020-03" in text and "size" in text
+
+
+def test_tune_objective_from_rows(tmp_path):
+    for i, nll in enumerate([1.5, 0.7, 0.9]):
+        write_row(tmp_path, dict(study="tune", model="rvrae", trial_id=f"t{i}", config={"lr": 10.0 ** -i},
+                                 objective="valid_nll", mode="min", valid_nll=nll, valid_rank_ic=0.1 * i))  # fmt: skip
+    (t,) = build_tables(read_results(tmp_path), "tune")
+    assert t.frame.loc["rvrae", ("valid_nll", 0, "mean")] == pytest.approx(0.7)
+    assert t.extra["best config"]["rvrae"] == "lr=0.1" and "minimised" in t.caption

@@ -21,7 +21,7 @@ import pandas as pd
 from rvrae.errors import UserError
 from rvrae.results.render import model_label
 from rvrae.results.store import read_results
-from rvrae.results.tables import TUNE_OBJECTIVE, _ok, _order_rows
+from rvrae.results.tables import TUNE_OBJECTIVE, _ok, _order_rows, tune_objective
 
 
 def _series(v) -> list | None:
@@ -101,19 +101,21 @@ def _plot_rank_ic_by_m(ok: pd.DataFrame, plt, out: Path) -> Path | None:
 
 def _plot_tune_history(ok: pd.DataFrame, plt, out: Path) -> Path | None:
     rows = ok[ok["study"] == "tune"]
-    if TUNE_OBJECTIVE not in rows.columns or not rows[TUNE_OBJECTIVE].notna().any():
+    objective, mode = tune_objective(rows)
+    if objective not in rows.columns or not rows[objective].notna().any():
         return None
+    best_so_far = np.maximum.accumulate if mode == "max" else np.minimum.accumulate
     fig, ax = plt.subplots(figsize=(7, 4))
     for model in _order_rows(rows["model"].unique()):
-        sub = rows[rows["model"] == model].dropna(subset=[TUNE_OBJECTIVE])
+        sub = rows[rows["model"] == model].dropna(subset=[objective])
         if "started_at" in sub.columns and (sub["started_at"] != "").all():
             sub = sub.sort_values(["started_at", "trial_id"])
-        y = sub[TUNE_OBJECTIVE].to_numpy(float)
+        y = sub[objective].to_numpy(float)
         x = np.arange(1, len(y) + 1)
-        (line,) = ax.plot(x, np.maximum.accumulate(y), label=f"{model_label(model)} (best so far)")
+        (line,) = ax.plot(x, best_so_far(y), label=f"{model_label(model)} (best so far)")
         ax.scatter(x, y, s=12, color=line.get_color(), alpha=0.6)
     ax.set_xlabel("trial")
-    ax.set_ylabel(TUNE_OBJECTIVE)
+    ax.set_ylabel(objective)
     ax.set_title("Tuning history")
     ax.legend(fontsize=8)
     return _save(fig, plt, out / "tune_history.png")

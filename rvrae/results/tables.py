@@ -209,8 +209,23 @@ def _robustness(ok: pd.DataFrame) -> list[Table]:
     )]  # fmt: skip
 
 
-def _tune(ok: pd.DataFrame, objective: str = TUNE_OBJECTIVE) -> list[Table]:
+def tune_objective(ok: pd.DataFrame) -> tuple[str, str]:
+    """(objective column, "max" | "min") of a tune study: the rows' `objective` / `mode`
+    columns where the harness stored them, else SPEC §5's default (valid_rank_ic, max)."""
+    def first(col: str, default: str) -> str:
+        if col in ok.columns:
+            vals = [v for v in ok[col].dropna().astype(str) if v]
+            if vals:
+                return vals[0]
+        return default
+
+    objective = first("objective", TUNE_OBJECTIVE)
+    return objective, first("mode", "min" if lower_is_better(objective) else "max")
+
+
+def _tune(ok: pd.DataFrame) -> list[Table]:
     """Per model, its best trial on the objective; n = completed trials."""
+    objective, mode = tune_objective(ok)
     if not _has(ok, objective):
         return []
     shown = [objective] + [c for c in ("rank_ic", "r2_total", "r2_pred") if _has(ok, c)]
@@ -222,7 +237,8 @@ def _tune(ok: pd.DataFrame, objective: str = TUNE_OBJECTIVE) -> list[Table]:
         for r in rows:
             sub = ok[ok["model"] == r].dropna(subset=[objective])
             if len(sub):
-                top = sub.loc[sub[objective].astype(float).idxmax()]
+                obj = sub[objective].astype(float)
+                top = sub.loc[obj.idxmax() if mode == "max" else obj.idxmin()]
                 mean[r] = float(top[metric])
                 best_cfg[r] = ", ".join(
                     f"{c[3:]}={_short(top[c])}" for c in sorted(sub.columns)
@@ -236,7 +252,7 @@ def _tune(ok: pd.DataFrame, objective: str = TUNE_OBJECTIVE) -> list[Table]:
             data[(metric, 0, f)] = col[f].to_numpy()
     frame = pd.DataFrame(data, index=pd.Index(rows, name="model"))
     frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["metric", "m", "field"])
-    caption = (f"Best trial per model on the validation objective {objective} (maximised) and its "
+    caption = (f"Best trial per model on the objective {objective} ({mode}imised) and its "
                "test metrics; n = completed trials.")  # fmt: skip
     scale = {c: 100.0 for c in shown if _base(c).startswith("r2")}
     return [Table("Tuning: best trial per model", caption, "tune", frame, [(c, 0) for c in shown],
