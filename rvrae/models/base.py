@@ -190,7 +190,10 @@ class NeuralFactorModel(FactorModel):
             )
         # No factor forecaster: the prevailing mean of f_post over every earlier month.
         hist = np.arange(int(months.max()) + 1)
-        f_all = self._run(tensors, hist)["f_post"]
+        if np.array_equal(months, hist):  # the study's predict over all months: reuse
+            f_all = out["f_post"]
+        else:
+            f_all = self._run(tensors, hist)["f_post"]
         return forecast_from_prevailing_mean(months, out["beta"], out["f_post"], f_all)
 
 
