@@ -58,6 +58,10 @@ def test_fit_predict_learns_without_look_ahead(name):
     # No factor forecaster: r_hat is β times the prevailing mean of f_post (SPEC §3).
     assert np.allclose(fc.r_hat, np.einsum("tnk,tk->tn", fc.beta, fc.f_prior), atol=1e-6)
     assert r2_total(panel, fc) > 0.5  # the planted factor explains ~85 % of the variance
+    # Predicting every month at once (the study's call) gives the same test-month numbers.
+    every = model.predict(panel)
+    assert np.allclose(every.r_hat[TEST], fc.r_hat, atol=1e-6)
+    assert np.allclose(every.f_prior[TEST], fc.f_prior, atol=1e-6)
 
     # r_hat of month t does not move when ret[t] (and mask[t]) change; f_post does.
     t = 3
