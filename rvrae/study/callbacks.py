@@ -1,0 +1,158 @@
+"""Driver-side Tune callbacks: the Parquet sink (one file per finished trial) and the live
+rich progress display (SPEC §5, §6, §7).
+
+Both pickle (Tune saves the RunConfig with its callbacks for `Tuner.restore`): they hold plain
+data only; the rich console and Live are dropped on pickling and rebuilt on setup.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from ray.tune import Callback
+
+from rvrae.study.trainable import flat, model_config, now_iso
+
+# Trial result keys that are Tune's bookkeeping or per-epoch progress, not row columns.
+_SKIP = {
+    "train_loss", "valid_loss", "timestamp", "training_iteration", "time_this_iter_s",
+    "time_total_s", "time_since_restore", "iterations_since_restore", "done", "date",
+    "config", "trial_id", "experiment_tag", "node_ip", "should_checkpoint", "checkpoint_dir_name",
+}
+
+
+def build_row(study: str, trial, status: str, error: str, meta: dict) -> dict:
+    """One results row (SPEC §6) from a finished trial's config and last result. The store
+    flattens `config` into hp_* columns."""
+    cfg = flat(trial.config)
+    result = {k: v for k, v in (trial.last_result or {}).items() if k not in _SKIP}
+    row = dict(meta["static"])  # data fingerprint, provenance (driver's hostname until the trial's)
+    row.update({"epochs": 0, "device": "", "node_id": "", "fit_seconds": float("nan"),
+                "started_at": meta.get("started_at") or now_iso()})
+    row.update(result)  # the trial's own hostname, node_id, device, metrics
+    row.update({
+        "study": study, "model": cfg["model"], "seed": int(cfg["seed"]), "m": int(cfg["m"]),
+        "trial_id": trial.trial_id, "status": status, "error": error,
+        "config": model_config(cfg),
+    })
+    if status == "error" or "finished_at" not in result:
+        row["finished_at"] = now_iso()
+    return row
+
+
+def _error_text(trial) -> str:
+    err = None
+    try:
+        err = trial.get_pickled_error()
+    except Exception:
+        pass
+    if err is not None:
+        cause = getattr(err, "__cause__", None) or err
+        text = f"{type(cause).__name__}: {cause}"
+    else:
+        text = (getattr(trial, "error_msg", None) or "trial failed").strip()
+    return text.strip().splitlines()[-1][:2000] if text.strip() else "trial failed"
+
+
+class ParquetSink(Callback):
+    """Writes one Parquet file per finished trial (ok or error) via rvrae.results.store."""
+
+    def __init__(self, out_dir: str, study: str, static: dict):
+        self.out_dir = str(out_dir)
+        self.study = study
+        self.static = dict(static)  # data_fingerprint, provenance: the same for every row
+        self.started: dict[str, str] = {}
+        self.written: list[str] = []
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.setdefault(trial.trial_id, now_iso())
+
+    def _write(self, trial, status: str, error: str) -> None:
+        from rvrae.results.store import write_row
+
+        meta = {"started_at": self.started.get(trial.trial_id, now_iso()), "static": self.static}
+        path = write_row(self.out_dir, build_row(self.study, trial, status, error, meta))
+        self.written.append(str(path))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._write(trial, "ok", "")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._write(trial, "error", _error_text(trial))
+
+
+class LiveProgress(Callback):
+    """Trials done / running / failed, elapsed, ETA and the best objective so far (rich.live)."""
+
+    def __init__(self, title: str, metric: str | None, mode: str = "max", total: int = 0, console=None):
+        self.title, self.metric, self.mode, self.total = title, metric, mode, total
+        self.console = console
+        self.done = self.failed = 0
+        self.running: set[str] = set()
+        self.best = None
+        self.t0 = time.time()
+        self._live = None
+        self._last = 0.0
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["console"] = None
+        state["_live"] = None
+        return state
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        from rich.live import Live
+
+        self.total = self.total or int(total_num_samples or 0)
+        self.t0 = time.time()
+        self._live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
+        self._live.start()
+
+    def _render(self):
+        from rich.text import Text
+
+        elapsed = time.time() - self.t0
+        finished = self.done + self.failed
+        eta = "?" if not finished else f"{elapsed / finished * max(0, self.total - finished):.0f}s"
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        return Text(
+            f"{self.title}: {finished}/{self.total} finished ({self.done} ok, {self.failed} failed), "
+            f"{len(self.running)} running | elapsed {elapsed:.0f}s | ETA {eta}"
+            + (f" | best {self.metric} {best}" if self.metric else "")
+        )
+
+    def _refresh(self, force: bool = False):
+        if self._live is not None and (force or time.time() - self._last > 0.5):
+            self._live.update(self._render())
+            self._last = time.time()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self._refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self.done += 1
+        v = (trial.last_result or {}).get(self.metric) if self.metric else None
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            if self.best is None or (v > self.best if self.mode == "max" else v < self.best):
+                self.best = float(v)
+        self._refresh(force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self.failed += 1
+        self._refresh(force=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        self._refresh()
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
+
+    def close(self):
+        if self._live is not None:
+            self._refresh(force=True)
+            self._live.stop()
+            self._live = None

@@ -1,0 +1,119 @@
+"""Flags of the study scripts (SPEC §5): `studies/<study>.py` calls `main(study, argv)`.
+
+    python studies/robustness.py --data synthetic --models all --seeds 2 --m 50,100 --epochs 2
+
+Bad input is one line on stderr and exit code 2, before Ray starts or --out is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rvrae.errors import UserError
+
+DESCRIPTIONS = {
+    "tune": "Optuna (TPE) search per model through Ray Tune; writes <out>/best_configs.json.",
+    "benchmark": "The grid models x seeds with m = 0 (paper Tables I and II).",
+    "robustness": "The grid models x seeds x m omitted stocks (paper Table III).",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage errors are user errors: one line, exit 2
+        raise UserError(message)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--m {text!r}: expected comma-separated integers like 50,100,150") from None
+    if not vals:
+        raise UserError(f"--m {text!r}: empty")
+    return vals
+
+
+def _split(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(t) for t in text.split("/"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise UserError(f"--split {text!r}: expected TRAIN/VALID/TEST years like 15/3/3")
+    return parts
+
+
+def parser(study: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=f"studies/{study}.py", description=DESCRIPTIONS[study])
+    p.add_argument("--data", default="synthetic", help="PATH of a long panel (Parquet/CSV/.npz) or 'synthetic'")
+    p.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
+    p.add_argument("--models", default="all", help="comma-separated model names, or 'all'")
+    p.add_argument("--seeds", type=int, default=1 if study == "tune" else 10, help="seeds per cell")
+    p.add_argument("--m", default=None, help="omitted stocks, e.g. 50,100,150 (robustness)")
+    p.add_argument("--split", default="15/3/3", help="train/valid/test years (paper: 15/3/3)")
+    p.add_argument("--epochs", type=int, default=None, help="epoch cap for neural models")
+    p.add_argument("--configs", type=Path, default=None, help="best_configs.json from tune")
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="default: 1 if the cluster has >= 2 CPUs")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="default: 0 without GPUs, else 0.25")
+    p.add_argument("--max-concurrent", type=int, default=None, help="default: what fits the cluster")
+    p.add_argument("--address", default=None, help="Ray cluster address; 'local' starts one (default: attach if one runs)")
+    p.add_argument("--storage", default=None, help="Tune experiment storage, e.g. s3://bucket/rvrae (default <out>/_tune)")
+    p.add_argument("--max-failures", type=int, default=1, help="Tune retries of a failed trial")
+    p.add_argument("--resume", action="store_true", help="continue a killed study: every cell exactly once")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own output")
+    p.add_argument("--inject-fault", action="append", default=None, help=argparse.SUPPRESS)  # tests: MODEL:raise|nan
+    if study == "tune":
+        p.add_argument("--samples", type=int, default=16, help="Optuna trials per model")
+        p.add_argument("--metric", default="valid_rank_ic", help="objective (a validation metric)")
+        p.add_argument("--mode", default="max", choices=["max", "min"])
+    return p
+
+
+def options(study: str, argv: list[str] | None):
+    """Parse argv into StudyOptions (validating names, lists and the configs file)."""
+    from rvrae.models.registry import parse_models
+    from rvrae.study.runner import DEFAULT_M, StudyOptions, load_configs, parse_faults
+
+    a = parser(study).parse_args(argv)
+    models = parse_models(a.models)
+    m = DEFAULT_M[study] if a.m is None else _int_list(a.m)
+    if study == "benchmark" and m != [0]:
+        raise UserError("benchmark runs m = 0 only (use robustness for omitted stocks)")
+    extra = {}
+    if study == "tune":
+        extra = {"samples": a.samples, "metric": a.metric, "mode": a.mode}
+    return StudyOptions(
+        study=study, models=models, data=a.data, out=a.out, seeds=a.seeds, m=m, epochs=a.epochs,
+        configs=load_configs(a.configs, models), cpus_per_trial=a.cpus_per_trial,
+        gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, address=a.address,
+        resume=a.resume, verbose=a.verbose, faults=parse_faults(a.inject_fault, models),
+        storage=a.storage, max_failures=a.max_failures, split=_split(a.split), **extra,
+    )
+
+
+def main(study: str, argv: list[str] | None = None, console=None) -> int:
+    from rich.console import Console
+
+    console = console or Console()
+    try:
+        opts = options(study, argv)
+        from rvrae.study.runner import run_study
+
+        run = run_study(opts, console=console)
+    except UserError as e:
+        Console(stderr=True).print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        return UserError.exit_code
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    console.print(
+        f"{study}: {len(run.rows)} trials written to {run.out}"
+        + (f" ({run.skipped} cells already there)" if run.skipped else "")
+        + (" (restored)" if run.restored else "")
+        + f"; {run.cpus_per_trial:g} CPU, {run.gpus_per_trial:g} GPU per trial, {run.max_concurrent} at a time",
+        highlight=False,
+    )
+    if study == "tune":
+        console.print(f"best configs: {run.out / 'best_configs.json'}", highlight=False)
+    return 0

@@ -1,0 +1,418 @@
+"""The study runner: validate, connect to Ray, size trials to the cluster, run Ray Tune (SPEC §5).
+
+Ray Tune schedules, Optuna (through `OptunaSearch`) searches, grids are `tune.grid_search`;
+this module only wires them up:
+
+    opts = StudyOptions(study="robustness", models=["rvrae", "ipca"], seeds=2, m=[50, 100])
+    run_study(opts)         # -> StudyRun (rows written, resources used)
+
+Everything the user can get wrong is checked before Ray starts or the out dir is created
+(`prepare`), except what needs the cluster (GPUs), which is checked right after connecting and
+still before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rvrae.errors import UserError
+from rvrae.study.trainable import FAULTS, model_config, train_trial
+
+STUDIES = ("tune", "benchmark", "robustness")
+DEFAULT_M = {"tune": [0], "benchmark": [0], "robustness": [50, 100, 150]}
+
+
+@dataclass
+class StudyOptions:
+    study: str
+    models: list[str]
+    data: str = "synthetic"
+    out: Path = Path("results")
+    seeds: int = 10  # outer loop of every grid (SPEC §5); never searched
+    m: list[int] = field(default_factory=lambda: [0])
+    epochs: int | None = None  # cap for neural models
+    configs: dict = field(default_factory=dict)  # model -> config overrides (--configs)
+    cpus_per_trial: float | None = None  # None: from the cluster
+    gpus_per_trial: float | None = None  # None: 0 without GPUs, else GPU_FRACTION
+    max_concurrent: int | None = None  # None: what fits
+    address: str | None = None  # None/"auto": attach if a cluster runs; "local": always start one
+    resume: bool = False
+    verbose: bool = False
+    samples: int = 16  # tune: Optuna trials per model
+    metric: str = "valid_rank_ic"  # tune objective
+    mode: str = "max"
+    faults: dict = field(default_factory=dict)  # test-only: model -> "raise" | "nan"
+    split: tuple[int, int, int] = (15, 3, 3)
+    max_failures: int = 1  # Tune retries a failed trial this often before the error row
+    storage: str | None = None  # Tune experiment storage (default <out>/_tune; S3 on a cluster)
+
+
+@dataclass
+class StudyRun:
+    out: Path
+    rows: list[str]  # Parquet files written by this run
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int
+    restored: bool = False
+    skipped: int = 0  # cells already in the results store
+
+
+GPU_FRACTION = 0.25  # small models: four trials share a GPU
+
+
+def metric_names() -> list[str]:
+    from rvrae.metrics import TEST_METRICS
+
+    return [p + k for p in ("valid_", "", "omitted_") for k in TEST_METRICS]
+
+
+# ---------------------------------------------------------------- validation (no side effects)
+
+
+def load_configs(path: str | Path | None, models: list[str]) -> dict:
+    """--configs FILE: JSON {model: {key: value}} (what `tune` writes). Keys are validated
+    against each model's Config; models not in this study are ignored."""
+    from rvrae.models.base import config_from_dict
+    from rvrae.models.registry import get_spec, model_names
+
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--configs {p}: no such file")
+    try:
+        raw = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"--configs {p}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise UserError(f"--configs {p}: expected an object {{model: {{key: value}}}}")
+    for name in raw:
+        if name not in model_names():
+            raise UserError(f"--configs {p}: unknown model {name!r}")
+    out = {k: v for k, v in raw.items() if k in models}
+    for name, cfg in out.items():
+        config_from_dict(get_spec(name).config_cls, cfg, name)  # unknown key -> UserError
+    return out
+
+
+def check_out(out: Path) -> None:
+    """The out dir must be a directory we can write (or creatable); nothing is created here."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: not writable ({probe} does not allow writing)")
+
+
+def parse_faults(specs: list[str] | None, models: list[str]) -> dict:
+    out = {}
+    for s in specs or []:
+        name, _, kind = s.partition(":")
+        if name not in models or kind not in FAULTS:
+            raise UserError(f"--inject-fault {s!r}: expected MODEL:{'|'.join(FAULTS)} with MODEL in --models")
+        out[name] = kind
+    return out
+
+
+def validate(opts: StudyOptions) -> None:
+    from rvrae.models.base import config_from_dict
+    from rvrae.models.registry import get_spec
+
+    if opts.study not in STUDIES:
+        raise UserError(f"unknown study {opts.study!r} (known: {', '.join(STUDIES)})")
+    if not opts.models:
+        raise UserError("no models given")
+    for name in opts.models:
+        config_from_dict(get_spec(name).config_cls, opts.configs.get(name), name)
+    if opts.seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {opts.seeds}")
+    if not opts.m or any(m < 0 for m in opts.m):
+        raise UserError(f"--m must be a list of integers >= 0, got {opts.m}")
+    if opts.epochs is not None and opts.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {opts.epochs}")
+    if opts.study == "tune":
+        if opts.samples < 1:
+            raise UserError(f"--samples must be >= 1, got {opts.samples}")
+        if opts.metric not in metric_names():
+            raise UserError(f"--metric {opts.metric!r} is not a metric (e.g. valid_rank_ic, valid_r2_total)")
+        if opts.mode not in ("max", "min"):
+            raise UserError(f"--mode must be max or min, got {opts.mode!r}")
+    for name, v in (("--cpus-per-trial", opts.cpus_per_trial), ("--gpus-per-trial", opts.gpus_per_trial)):
+        if v is not None and (v < 0 or not math.isfinite(v)):
+            raise UserError(f"{name} must be >= 0, got {v}")
+    if opts.cpus_per_trial is not None and opts.cpus_per_trial <= 0:
+        raise UserError("--cpus-per-trial must be > 0")
+    if opts.max_concurrent is not None and opts.max_concurrent < 1:
+        raise UserError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
+    check_out(opts.out)
+
+
+def prepare(opts: StudyOptions):
+    """Validate everything that needs no cluster and load the panel (once per study)."""
+    from rvrae.data.io import load_data
+    from rvrae.data.panel import omit_stocks, split_by_years
+
+    validate(opts)
+    panel = load_data(opts.data)
+    train, _, test = split_by_years(panel, *opts.split)  # too few months -> UserError
+    omit_stocks(train, test, max(opts.m), 0)  # m >= eligible stocks -> UserError
+    return panel
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def connect(address: str | None, verbose: bool) -> bool:
+    """Attach to a running cluster (`address`, or "auto": attach if one runs) or start a local
+    instance bound to localhost without a dashboard. Returns True if this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    level = logging.INFO if verbose else logging.WARNING
+    if address not in (None, "auto", "local"):
+        try:
+            ray.init(address=address, log_to_driver=verbose, logging_level=level)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise UserError(f"--address {address}: cannot attach to a Ray cluster ({e})") from None
+        return True
+    if address != "local":
+        try:
+            ray.init(address="auto", log_to_driver=verbose, logging_level=level)
+            return True
+        except (ConnectionError, ValueError, RuntimeError):
+            pass
+    ray.init(include_dashboard=False, log_to_driver=verbose, logging_level=level)
+    return True
+
+
+def plan_resources(opts: StudyOptions, cluster: dict) -> tuple[float, float, int]:
+    """(cpus, gpus) per trial and max concurrent trials from the cluster's resources. Asking
+    for GPUs on a GPU-less cluster is an error here, never a trial that waits forever."""
+    cpus_total = float(cluster.get("CPU", 1))
+    gpus_total = float(cluster.get("GPU", 0))
+    cpus = opts.cpus_per_trial if opts.cpus_per_trial is not None else (1.0 if cpus_total >= 2 else cpus_total)
+    if cpus > cpus_total:
+        raise UserError(f"--cpus-per-trial {cpus:g} but the cluster has {cpus_total:g} CPUs")
+    gpus = opts.gpus_per_trial
+    if gpus is None:
+        gpus = 0.0 if gpus_total == 0 else GPU_FRACTION
+    if gpus > 0 and gpus_total == 0:
+        raise UserError(f"--gpus-per-trial {gpus:g} but the Ray cluster has no GPU (use 0, or attach with --address)")
+    if gpus > gpus_total:
+        raise UserError(f"--gpus-per-trial {gpus:g} but the cluster has {gpus_total:g} GPUs")
+    fits = math.floor(cpus_total / cpus + 1e-9)
+    if gpus > 0:
+        fits = min(fits, math.floor(gpus_total / gpus + 1e-9))
+    conc = max(1, fits if opts.max_concurrent is None else min(opts.max_concurrent, fits))
+    return cpus, gpus, conc
+
+
+def _quiet_ray(log_file: Path) -> None:
+    """Ray's and Tune's driver-side logs go to a file under the out dir (not --verbose)."""
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        lg = logging.getLogger(name)
+        lg.handlers = [handler]
+        lg.propagate = False
+
+
+# ---------------------------------------------------------------- the study
+
+
+def grid_cells(opts: StudyOptions) -> list[dict]:
+    """(model, seed, m) cells with their config overrides, in a stable order."""
+    cells = []
+    for name in opts.models:
+        for m in opts.m:
+            for seed in range(opts.seeds):
+                cell = {"model": name, "seed": seed, "m": m, "hp": dict(opts.configs.get(name, {}))}
+                if name in opts.faults:
+                    cell["fault"] = opts.faults[name]
+                cells.append(cell)
+    return cells
+
+
+def _key(study: str, cfg: dict) -> tuple:
+    """The cell key of a trial config, as `rvrae.results.store.cell_key` makes it from a row."""
+    from rvrae.results.store import canonical_json
+
+    return (study, cfg["model"], int(cfg["seed"]), int(cfg["m"]), canonical_json(model_config(cfg)))
+
+
+def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
+    """Run one study end to end; returns what it wrote. `panel` skips loading (demo, tests)."""
+    import ray
+
+    if panel is None:
+        panel = prepare(opts)
+    else:
+        validate(opts)
+    started = connect(opts.address, opts.verbose)
+    try:
+        cpus, gpus, conc = plan_resources(opts, ray.cluster_resources())
+    except UserError:
+        if started:
+            ray.shutdown()
+        raise
+    from rvrae.results.store import existing_cells, provenance
+
+    out = Path(opts.out).resolve()
+    existing = existing_cells(out, opts.study)
+    if existing and not opts.resume and opts.study != "tune":
+        raise UserError(f"{out} already holds {opts.study} results: pass --resume to continue, or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "_logs").mkdir(exist_ok=True)
+    if not opts.verbose:
+        _quiet_ray(out / "_logs" / f"{opts.study}.log")
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter honours verbose=0
+    static = {"data_fingerprint": panel.fingerprint(), "data_source": panel.source, **provenance()}
+    run = StudyRun(out=out, rows=[], cpus_per_trial=cpus, gpus_per_trial=gpus, max_concurrent=conc)
+    common = {"epochs": opts.epochs, "split": tuple(opts.split), "cpus": cpus}
+    storage = opts.storage or str(out / "_tune")
+    panel_ref = ray.put(panel)  # once per study, shared by every Tuner below
+    try:
+        if opts.study == "tune":
+            for name in opts.models:
+                _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc, run, console)
+            write_best_configs(out, opts.models, opts.metric, opts.mode)
+        else:
+            cells = [c for c in grid_cells(opts) if _key(opts.study, {**c, **common}) not in existing]
+            run.skipped = len(grid_cells(opts)) - len(cells)
+            _grid(opts, cells, panel_ref, common, storage, static, cpus, gpus, conc, run, console)
+    finally:
+        if started:
+            ray.shutdown()
+    return run
+
+
+def _trainable(panel_ref, cpus: float, gpus: float):
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(train_trial, panel=panel_ref), {"cpu": cpus, "gpu": gpus}
+    )
+
+
+def _fit(opts, name, path, make_tuner, trainable, sink, live, run) -> None:
+    from ray import tune
+
+    try:
+        if opts.resume and tune.Tuner.can_restore(path):
+            # Our own experiment under --out (a trusted path: restore unpickles its state).
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=False)
+            run.restored = True
+        else:
+            tuner = make_tuner()
+        tuner.fit()
+    finally:
+        live.close()
+        run.rows.extend(sink.written)
+
+
+def _run_config(opts, name: str, storage: str, callbacks: list):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage,
+        callbacks=callbacks,
+        verbose=1 if opts.verbose else 0,
+        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+    )
+
+
+def _grid(opts, cells, panel_ref, common, storage, static, cpus, gpus, conc, run, console) -> None:
+    from ray import tune
+
+    from rvrae.study.callbacks import LiveProgress, ParquetSink
+
+    path = str(Path(storage) / opts.study)
+    if not cells and not (opts.resume and tune.Tuner.can_restore(path)):
+        return
+    trainable = _trainable(panel_ref, cpus, gpus)
+    sink = ParquetSink(str(run.out), opts.study, static)
+    live = LiveProgress(opts.study, None, total=len(cells), console=console)
+
+    def make_tuner():
+        return tune.Tuner(
+            trainable,
+            param_space={**common, "cell": tune.grid_search(cells)},
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=conc, reuse_actors=True),
+            run_config=_run_config(opts, opts.study, storage, [sink, live]),
+        )
+
+    _fit(opts, opts.study, path, make_tuner, trainable, sink, live, run)
+
+
+def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc, run, console) -> None:
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from rvrae.models.registry import get_spec
+    from rvrae.study.callbacks import LiveProgress, ParquetSink
+
+    storage = str(Path(storage) / "tune")
+    path = str(Path(storage) / name)
+    done = 0
+    if not (opts.resume and tune.Tuner.can_restore(path)):
+        done = sum(1 for k in existing_cells(run.out, "tune") if k[1] == name) if opts.resume else 0
+    samples = max(0, opts.samples - done)
+    if samples == 0:
+        return
+    trainable = _trainable(panel_ref, cpus, gpus)
+    sink = ParquetSink(str(run.out), "tune", static)
+    live = LiveProgress(f"tune {name}", opts.metric, opts.mode, total=samples, console=console)
+    constants = {**common, "model": name, "seed": 0, "m": 0, "objective": opts.metric,
+                 "hp": dict(opts.configs.get(name, {}))}
+    if name in opts.faults:
+        constants["fault"] = opts.faults[name]
+
+    def make_tuner():
+        search = OptunaSearch(space=get_spec(name).space, metric=opts.metric, mode=opts.mode, seed=0)
+        return tune.Tuner(
+            trainable,
+            param_space=constants,
+            tune_config=tune.TuneConfig(
+                search_alg=search, num_samples=samples, max_concurrent_trials=conc, reuse_actors=True
+            ),
+            run_config=_run_config(opts, name, storage, [sink, live]),
+        )
+
+    _fit(opts, name, path, make_tuner, trainable, sink, live, run)
+
+
+def write_best_configs(out: Path, models: list[str], metric: str, mode: str) -> Path:
+    """<out>/best_configs.json: model -> the config of its best ok tune trial (merged with the
+    file's other models), what `--configs` of benchmark and robustness reads."""
+    import pandas as pd
+
+    from rvrae.results.store import read_results
+
+    path = Path(out) / "best_configs.json"
+    best = json.loads(path.read_text()) if path.is_file() else {}
+    df = read_results(out, study="tune")
+    for name in models:
+        sub = df[(df["model"] == name) & (df["status"] == "ok")] if len(df) else df
+        if not len(sub) or metric not in sub:
+            continue
+        vals = pd.to_numeric(sub[metric], errors="coerce")
+        if vals.notna().any():
+            row = sub.loc[vals.idxmax() if mode == "max" else vals.idxmin()]
+            cfg = json.loads(row["config"])
+            cfg.pop("epochs", None)  # the --epochs cap of the search is not part of the config
+            best[name] = cfg
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(best, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path

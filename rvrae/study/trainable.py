@@ -1,0 +1,159 @@
+"""The one Ray Tune trainable of every study (SPEC §5): one trial = one (model, seed, m, config).
+
+The panel arrives through the object store (`tune.with_parameters(train_trial, panel=panel)`),
+loaded once per study. A trial splits it (15/3/3 years by default), omits m stocks from train
+and valid (same set for every model, SPEC §2.3), fits the model with a per-epoch
+`ray.tune.report`, predicts ONCE over all months on the full panel and scores the valid months
+(`valid_*`), the test months and, when m > 0, the omitted stocks in the test months
+(`omitted_*`). λ of R²_pred is the prevailing mean of f_post (paper eq. 33).
+
+Trial config keys (everything else is a model hyperparameter, e.g. what Optuna sampled):
+    model, seed, m      the cell
+    hp                  dict of model config overrides (grids, --configs)
+    epochs              the --epochs cap: overrides the config's epochs for neural models
+    split               (train, valid, test) years
+    cpus                CPUs of the trial: torch threads are set to match
+    objective           the Tune metric: epoch reports carry it as NaN (OptunaSearch reads
+                        the metric from every result)
+    fault               test-only fault injection ("raise" | "nan"), see `inject_fault`
+    cell                grids: a dict of the keys above, the one grid-searched value
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
+RESERVED = ("model", "seed", "m", "hp", "epochs", "split", "cpus", "objective", "fault", "cell")
+FAULTS = ("raise", "nan")
+
+
+def flat(config: dict) -> dict:
+    """Grids put (model, seed, m, hp) under one grid-searched key "cell"; lift it up."""
+    return {**config, **config["cell"]} if "cell" in config else dict(config)
+
+
+def model_config(config: dict) -> dict:
+    """The model's config overrides of a trial: `hp`, searched keys, and the epoch cap for
+    models that have epochs. Deterministic in the trial config, so it identifies the cell."""
+    from rvrae.models.registry import get_spec
+
+    config = flat(config)
+    hp = dict(config.get("hp") or {})
+    hp.update({k: v for k, v in config.items() if k not in RESERVED})
+    cap = config.get("epochs")
+    fields = {f.name for f in dataclasses.fields(get_spec(config["model"]).config_cls)}
+    if cap is not None and "epochs" in fields:
+        hp["epochs"] = int(cap)
+    return hp
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _take(fc, idx: np.ndarray):
+    """A Forecast restricted to rows `idx` of its months."""
+    from rvrae.models.base import Forecast
+
+    return Forecast(
+        months=fc.months[idx], r_hat=fc.r_hat[idx], beta=fc.beta[idx], f_post=fc.f_post[idx],
+        f_prior=fc.f_prior[idx], r_std=None if fc.r_std is None else fc.r_std[idx],
+    )
+
+
+def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
+    """Every metric of SPEC §4/§6 from one all-months forecast. `fc.months` = 0..T-1."""
+    from rvrae.metrics import long_short, score
+    from rvrae.models.base import prevailing_mean
+
+    lam = prevailing_mean(fc.f_post)  # eq. 33: mean of f_post over every earlier month
+    out: dict = {}
+    for prefix, months in (("valid_", valid_months), ("", test_months)):
+        s = score(panel.ret[months], panel.mask[months], _take(fc, months), lam[months])
+        out.update({prefix + k: float(v) for k, v in s.items()})
+    if len(omitted):
+        mask = np.zeros_like(panel.mask[test_months])
+        mask[:, omitted] = panel.mask[test_months][:, omitted]  # omitted stocks only
+        s = score(panel.ret[test_months], mask, _take(fc, test_months), lam[test_months])
+        out.update({"omitted_" + k: float(v) for k, v in s.items()})
+    ls = long_short(fc.r_hat[test_months], panel.ret[test_months], panel.mask[test_months])
+    out["ls_gross"] = json.dumps([float(x) for x in np.asarray(ls["gross"])])
+    out["ls_net"] = json.dumps([float(x) for x in np.asarray(ls["net"])])
+    out["ls_dates"] = json.dumps([str(d) for d in panel.dates[test_months]])
+    return out
+
+
+def inject_fault(kind: str | None, train):
+    """Test-only faults honoured by the production path (set by `--inject-fault MODEL:KIND`):
+    "raise" fails the trial outright; "nan" poisons the training returns, so a neural model's
+    loss turns NaN (FloatingPointError in rvrae.train) and any other model's forecast does."""
+    if kind is None:
+        return train
+    if kind == "raise":
+        raise RuntimeError("injected fault: raise")
+    if kind == "nan":
+        return dataclasses.replace(train, ret=np.full_like(train.ret, np.nan))
+    raise ValueError(f"unknown fault {kind!r}")
+
+
+def train_trial(config: dict, panel) -> None:
+    """The trainable. Reports per epoch (train_loss, valid_loss), then every metric once."""
+    import ray
+    import torch
+    from ray import tune
+
+    from rvrae.data.panel import omit_stocks, split_by_years
+    from rvrae.models.registry import make_model
+    from rvrae.train import seed_everything
+
+    config = flat(config)
+    torch.set_num_threads(max(1, int(config.get("cpus", 1))))
+    gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    seed, m = int(config["seed"]), int(config["m"])
+    meta = {
+        "started_at": now_iso(), "device": device, "hostname": socket.gethostname(),
+        "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+    }
+    objective = config.get("objective")
+    seed_everything(seed)
+    train, valid, test = split_by_years(panel, *config.get("split", (15, 3, 3)))
+    omitted = omit_stocks(train, test, m, seed)  # depends on (seed, m, panel) only
+    train = train.view(train.target_months, drop=omitted)
+    valid = valid.view(valid.target_months, drop=omitted)
+    train = inject_fault(config.get("fault"), train)
+    model = make_model(config["model"], model_config(config))
+
+    epochs = [0]
+
+    def progress(epoch: int, record: dict) -> None:
+        epochs[0] = epoch
+        rep = {"train_loss": float(record["train_loss"]), "valid_loss": float(record["valid_loss"])}
+        if objective:
+            rep[objective] = float("nan")  # not known before the end of the fit
+        tune.report({**rep, **meta, "epochs": epoch})
+
+    t0 = time.perf_counter()
+    model.fit(train, valid, seed=seed, device=device, progress=progress)
+    fit_seconds = time.perf_counter() - t0
+    fc = model.predict(panel, np.arange(panel.T))  # once, over all months, on the full panel
+    scored = np.concatenate([valid.target_months, test.target_months])
+    live = panel.mask[scored]
+    if not np.isfinite(fc.r_hat[scored][live]).all():
+        raise FloatingPointError(f"{config['model']} produced non-finite forecasts")
+    metrics = evaluate(panel, fc, valid.target_months, test.target_months, omitted)
+    history = getattr(model, "history_", None)
+    final = {
+        **metrics, **meta,
+        "epochs": len(history) if history is not None else epochs[0],
+        "fit_seconds": fit_seconds, "finished_at": now_iso(),
+        "model_config": json.dumps(dataclasses.asdict(model.config), sort_keys=True, default=str),
+    }
+    tune.report(final)

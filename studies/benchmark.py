@@ -1,0 +1,8 @@
+"""The benchmark study (SPEC §5): `python studies/benchmark.py --help`. Uses the installed rvrae package."""
+
+import sys
+
+import rvrae.study.cli
+
+if __name__ == "__main__":
+    sys.exit(rvrae.study.cli.main("benchmark", sys.argv[1:]))

@@ -1,0 +1,44 @@
+"""Shared fixtures: ONE Ray instance per test session (ray.init takes seconds), and a tiny
+synthetic panel (60 months, split 3/1/1 years) in memory and as a Parquet file."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+TINY_SPLIT = (3, 1, 1)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local 2-CPU Ray without dashboard, shared by every study test of the session. Tests
+    that need a Ray of their own (the multi-node cluster) run it in a subprocess."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_synth():
+    from rvrae.data.synthetic import SynthConfig, make_synthetic
+
+    return make_synthetic(SynthConfig(n_stocks=80, n_months=60, n_chars=8, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_panel(tiny_synth):
+    return tiny_synth.panel
+
+
+@pytest.fixture(scope="session")
+def tiny_data_file(tiny_synth, tmp_path_factory):
+    from rvrae.data.synthetic import write_synthetic
+
+    return write_synthetic(tiny_synth, tmp_path_factory.mktemp("data") / "tiny.parquet")

@@ -1,0 +1,143 @@
+"""The study harness end to end on a tiny synthetic panel through the shared Ray instance:
+grids, resume, Optuna tuning, error rows, resources and bad input (SPEC §5, §6, §8)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rvrae.errors import UserError
+from rvrae.results.store import read_results, result_files
+from rvrae.study.cli import main
+from rvrae.study.runner import StudyOptions, load_configs, plan_resources, run_study
+
+SPLIT = (3, 1, 1)
+FAST = {"ca": {"width_scale": 0.25}}  # a small CA1 for speed
+
+
+def _opts(out, study="robustness", **kw):
+    base = dict(study=study, models=["ipca", "ca"], seeds=2, m=[10], epochs=1, out=Path(out),
+                split=SPLIT, configs=dict(FAST), max_failures=0)
+    base.update(kw)
+    return StudyOptions(**base)
+
+
+def test_robustness_grid_rows_and_resume(ray_session, tiny_panel, tmp_path):
+    out = tmp_path / "res"
+    run = run_study(_opts(out), panel=tiny_panel)
+    df = read_results(out, study="robustness")
+    assert len(run.rows) == 4 and len(df) == 4
+    assert set(df["status"]) == {"ok"}, df["error"].tolist()
+    assert df.groupby(["model", "m"]).size().to_dict() == {("ca", 10): 2, ("ipca", 10): 2}
+    for col in ("rank_ic", "valid_rank_ic", "omitted_rank_ic", "r2_total", "fit_seconds"):
+        assert np.isfinite(df[col].astype(float)).all(), col
+    assert (df["data_fingerprint"] == tiny_panel.fingerprint()).all()
+    assert (df["device"] == "cpu").all() and (df["node_id"].str.len() > 0).all()
+    assert (df["hp_epochs"].dropna() == 1).all()  # the --epochs cap reached the neural model
+    gross = json.loads(df["ls_gross"].iloc[0])
+    assert len(gross) == 12 == len(json.loads(df["ls_dates"].iloc[0]))
+    # Same seed, same data, CPU -> the same numbers in both models' seed-0 cells (IPCA is exact).
+    ipca = df[df["model"] == "ipca"].set_index("seed")
+    assert ipca.loc[0, "rank_ic"] != ipca.loc[1, "rank_ic"]  # seeds omit different stocks
+
+    files = set(result_files(out, "robustness"))
+    again = run_study(_opts(out, resume=True), panel=tiny_panel)  # Tuner.restore: finished
+    assert again.restored and again.rows == []
+    assert set(result_files(out, "robustness")) == files
+    # Without Tune's experiment the results store decides: every cell is there, nothing runs.
+    import shutil
+
+    shutil.rmtree(out / "_tune")
+    third = run_study(_opts(out, resume=True), panel=tiny_panel)
+    assert third.skipped == 4 and third.rows == []
+    assert len(read_results(out, study="robustness")) == 4
+    with pytest.raises(UserError, match="--resume"):  # re-running without --resume would duplicate
+        run_study(_opts(out), panel=tiny_panel)
+
+
+def test_faults_become_error_rows(ray_session, tiny_panel, tmp_path):
+    out = tmp_path / "res"
+    opts = _opts(out, study="benchmark", m=[0], seeds=1, faults={"ipca": "raise", "ca": "nan"})
+    run_study(opts, panel=tiny_panel)
+    df = read_results(out).set_index("model")
+    assert set(df["status"]) == {"error"}
+    assert "injected fault" in df.loc["ipca", "error"]
+    assert "FloatingPointError" in df.loc["ca", "error"]  # the NaN loss of the training loop
+    assert df.loc["ca", "seed"] == 0 and df.loc["ca", "finished_at"]
+
+
+def test_tune_records_varying_trials_and_best_configs(ray_session, tiny_panel, tmp_path):
+    out = tmp_path / "res"
+    run_study(_opts(out, study="tune", models=["ipca"], m=[0], seeds=1, samples=4), panel=tiny_panel)
+    df = read_results(out, study="tune")
+    assert len(df) == 4 and set(df["status"]) == {"ok"}
+    assert df["hp_n_factors"].nunique() >= 2  # Optuna sampled different K
+    best = json.loads((out / "best_configs.json").read_text())
+    top = df.loc[df["valid_rank_ic"].idxmax()]
+    assert best["ipca"]["n_factors"] == int(top["hp_n_factors"])
+    assert load_configs(out / "best_configs.json", ["ipca"]) == best  # what --configs reads
+
+
+def test_cli_runs_a_grid_from_a_file(ray_session, tiny_data_file, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main("robustness", ["--data", str(tiny_data_file), "--models", "ipca", "--seeds", "2",
+                             "--m", "10,20", "--split", "3/1/1", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    df = read_results(out)
+    assert sorted(df["m"].tolist()) == [10, 10, 20, 20] and set(df["status"]) == {"ok"}
+    assert (out / "_logs" / "robustness.log").exists()
+
+
+def test_resources_from_the_cluster():
+    opts = _opts("/tmp/unused")
+    assert plan_resources(opts, {"CPU": 2.0}) == (1.0, 0.0, 2)
+    assert plan_resources(opts, {"CPU": 16.0, "GPU": 2.0}) == (1.0, 0.25, 8)
+    with pytest.raises(UserError, match="no GPU"):
+        plan_resources(_opts("/tmp/unused", gpus_per_trial=0.5), {"CPU": 8.0})
+    assert plan_resources(_opts("/tmp/unused", max_concurrent=1), {"CPU": 8.0})[2] == 1
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--models", "nope"], "unknown model"),
+        (["--m", "50,abc"], "--m"),
+        (["--m", "-5"], "--m"),
+        (["--m", "500"], "m = 500"),  # the tiny panel has 76 eligible stocks
+        (["--configs", "BADJSON"], "not valid JSON"),
+        (["--configs", "BADKEY"], "unknown config key"),
+        (["--data", "MISSINGFILE"], ""),
+        (["--seeds", "0"], "--seeds"),
+        (["--split", "3/1"], "--split"),
+        (["--bogus"], "unrecognized"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(args, needle, tiny_data_file, tmp_path, capsys):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "key.json").write_text(json.dumps({"ipca": {"no_such_key": 1}}))
+    subs = {"BADJSON": str(tmp_path / "bad.json"), "BADKEY": str(tmp_path / "key.json"),
+            "MISSINGFILE": str(tmp_path / "missing.parquet")}
+    args = [subs.get(a, a) for a in args]
+    if "--data" not in args:
+        args += ["--data", str(tiny_data_file)]
+    out = tmp_path / "out"
+    base = ["--models", "ipca", "--split", "3/1/1", "--out", str(out)]
+    rc = main("robustness", base + args)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and needle in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unwritable_out_and_gpus_on_a_cpu_cluster(ray_session, tiny_data_file, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    common = ["--data", str(tiny_data_file), "--models", "ipca", "--split", "3/1/1", "--m", "10"]
+    assert main("robustness", common + ["--out", str(blocker / "sub")]) == 2
+    assert "--out" in capsys.readouterr().err
+    out = tmp_path / "gpu"
+    assert main("robustness", common + ["--out", str(out), "--gpus-per-trial", "1"]) == 2
+    assert "no GPU" in capsys.readouterr().err and not out.exists()
