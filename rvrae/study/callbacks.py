@@ -155,4 +155,6 @@ class LiveProgress(Callback):
         if self._live is not None:
             self._refresh(force=True)
             self._live.stop()
+            if not self._live.console.is_terminal:
+                self._live.console.line()  # a file or pipe gets the final line without newline
             self._live = None

@@ -198,8 +198,10 @@ def connect(address: str | None, verbose: bool) -> bool:
 def plan_resources(opts: StudyOptions, cluster: dict) -> tuple[float, float, int]:
     """(cpus, gpus) per trial and max concurrent trials from the cluster's resources. Asking
     for GPUs on a GPU-less cluster is an error here, never a trial that waits forever."""
-    cpus_total = float(cluster.get("CPU", 1))
+    cpus_total = float(cluster.get("CPU", 0))
     gpus_total = float(cluster.get("GPU", 0))
+    if cpus_total <= 0:
+        raise UserError("the Ray cluster has no CPUs yet (are its workers still starting?)")
     cpus = opts.cpus_per_trial if opts.cpus_per_trial is not None else (1.0 if cpus_total >= 2 else cpus_total)
     if cpus > cpus_total:
         raise UserError(f"--cpus-per-trial {cpus:g} but the cluster has {cpus_total:g} CPUs")
