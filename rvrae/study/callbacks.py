@@ -42,17 +42,27 @@ def build_row(study: str, trial, status: str, error: str, meta: dict) -> dict:
 
 
 def _error_text(trial) -> str:
-    err = None
-    try:
-        err = trial.get_pickled_error()
-    except Exception:
-        pass
-    if err is not None:
-        cause = getattr(err, "__cause__", None) or err
-        text = f"{type(cause).__name__}: {cause}"
-    else:
-        text = (getattr(trial, "error_msg", None) or "trial failed").strip()
-    return text.strip().splitlines()[-1][:2000] if text.strip() else "trial failed"
+    """`Type: message` of the trial's last error. Read from the trial's local staging files
+    (Tune writes them before calling back; the storage copy is synced later)."""
+    import os
+
+    import ray.cloudpickle as cloudpickle
+
+    text = ""
+    pkl = getattr(trial, "pickled_error_file", None)
+    if pkl and os.path.exists(pkl):
+        try:
+            with open(pkl, "rb") as fh:  # written by Tune in this run: trusted
+                err = cloudpickle.load(fh)
+            cause = getattr(err, "cause", None) or getattr(err, "__cause__", None) or err
+            text = f"{type(cause).__name__}: {cause}"
+        except Exception:
+            text = ""
+    if not text and trial.error_file and os.path.exists(trial.error_file):
+        lines = [ln for ln in open(trial.error_file).read().splitlines() if ln.strip()]
+        text = lines[-1] if lines else ""
+    text = text.strip().splitlines()[0] if text.strip() else "trial failed"
+    return text[:2000]
 
 
 class ParquetSink(Callback):
