@@ -223,10 +223,13 @@ def _quiet_ray(log_file: Path) -> None:
     """Ray's and Tune's driver-side logs go to a file under the out dir (not --verbose)."""
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+    for name in ("ray", "ray.tune", "ray.train", "ray.data", "optuna"):
         lg = logging.getLogger(name)
         lg.handlers = [handler]
         lg.propagate = False
+    import optuna
+
+    optuna.logging.disable_default_handler()  # "A new study created ..." goes to the file
 
 
 # ---------------------------------------------------------------- the study
