@@ -165,3 +165,15 @@ def test_learns_the_synthetic_panel():
     s = metrics.score(panel.ret[test.months], test.mask[test.months], fc, lam)
     assert s["r2_total"] > 0.0
     assert s["rank_ic"] > 0.0
+
+
+def test_epoch_benchmark_reports_one_json_line(capsys):
+    from rvrae.bench import epoch_benchmark, main
+
+    out = epoch_benchmark("rvrae", n_stocks=30, n_months=21, n_chars=4, seq_len=3, epochs=1,
+                          config={"hidden": 4, "mc_samples": 2})
+    assert out["model"] == "rvrae" and out["epochs"] == 1
+    assert out["seconds_per_epoch"] > 0 and out["peak_rss_mb"] > 0
+    assert (out["n_stocks"], out["n_months"], out["n_chars"]) == (30, 21, 4)
+    assert main(["--model", "rvrae", "--config", '{"nope": 1}']) == 2
+    assert "unknown config key" in capsys.readouterr().err

@@ -1,0 +1,140 @@
+"""Seconds per epoch and peak memory of one model at paper scale (5,682 stocks × 252 months ×
+46 characteristics), on a random panel built in memory — no file, no preprocessing.
+
+    python -m rvrae.bench --model rvrae [--stocks 5682 --months 252 --chars 46 --seq-len 12
+                                         --factors 5 --epochs 1 --device cpu --config JSON]
+
+prints one JSON line: seconds_per_epoch, peak_rss_mb, n_stocks, n_months, n_chars, model, ...
+The speed study calls `epoch_benchmark` in a fresh subprocess per model, so that peak RSS
+(`ru_maxrss`, the high-water mark of the whole process) belongs to that model alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+from rvrae.data.panel import Panel
+from rvrae.errors import UserError
+
+
+def random_panel(
+    n_stocks: int = 5682, n_months: int = 252, n_chars: int = 46, alive: float = 0.55,
+    seed: int = 0,
+) -> Panel:
+    """Random ranks in [-1, 1], ~`alive` of the stocks with a return each month, returns
+    ~ N(0, 0.1): the paper's shapes, no signal."""
+    rng = np.random.default_rng(seed)
+    chars = rng.uniform(-1.0, 1.0, (n_months, n_stocks, n_chars)).astype(np.float32)
+    mask = rng.uniform(size=(n_months, n_stocks)) < alive
+    ret = (0.1 * rng.standard_normal((n_months, n_stocks))).astype(np.float32) * mask
+    return Panel(
+        chars=chars, ret=ret, mask=mask,
+        dates=np.datetime64("2000-01", "M") + np.arange(n_months),
+        ids=np.array([f"s{i}" for i in range(n_stocks)]),
+        char_names=tuple(f"c{i}" for i in range(n_chars)), source="bench(random)",
+    )
+
+
+def epoch_benchmark(
+    model: str,
+    n_stocks: int = 5682,
+    n_months: int = 252,
+    n_chars: int = 46,
+    seq_len: int = 12,
+    n_factors: int = 5,
+    epochs: int = 1,
+    device: str = "cpu",
+    config: dict | None = None,
+    seed: int = 0,
+) -> dict:
+    """Fit `model` for `epochs` on a random paper-scale panel; time it and read peak RSS.
+
+    Split: the last 1/7 of the months test (unused), the 1/7 before valid, the rest train —
+    15/3/3 years at 252 months. `seq_len`, `n_factors` and `epochs` go into the config where
+    the model has those fields; `config` overrides anything (unknown keys raise UserError).
+    Early stopping is off (patience = epochs) so exactly `epochs` epochs run.
+    """
+    import torch
+
+    from rvrae.models.registry import get_spec
+
+    spec = get_spec(model)
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    wanted = {"seq_len": seq_len, "n_factors": n_factors, "epochs": epochs, "patience": epochs}
+    cfg = {k: v for k, v in wanted.items() if k in fields}
+    cfg.update(config or {})
+    est = spec.cls(cfg)
+
+    if n_months < 7:
+        raise UserError(f"--months must be at least 7, got {n_months}")
+    panel = random_panel(n_stocks, n_months, n_chars, seed=seed)
+    k = n_months // 7
+    train = panel.view(np.arange(0, n_months - 2 * k))
+    valid = panel.view(np.arange(n_months - 2 * k, n_months - k))
+
+    # One-time costs out of the timing: the first optimizer imports torch._dynamo (seconds).
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    t0 = time.perf_counter()
+    est.fit(train, valid, seed=seed, device=device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    history = getattr(est, "history_", None)
+    ran = len(history) if history else epochs
+    return {
+        "model": model,
+        "seconds_per_epoch": seconds / max(1, ran),
+        "fit_seconds": seconds,
+        "epochs": ran,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # KiB on Linux
+        "n_stocks": n_stocks,
+        "n_months": n_months,
+        "n_chars": n_chars,
+        "seq_len": seq_len,
+        "n_factors": n_factors,
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rvrae.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--stocks", type=int, default=5682)
+    ap.add_argument("--months", type=int, default=252)
+    ap.add_argument("--chars", type=int, default=46)
+    ap.add_argument("--seq-len", type=int, default=12)
+    ap.add_argument("--factors", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--config", default=None, help="JSON object of config overrides")
+    a = ap.parse_args(argv)
+    try:
+        config = json.loads(a.config) if a.config else None
+        if config is not None and not isinstance(config, dict):
+            raise UserError("--config must be a JSON object")
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        out = epoch_benchmark(
+            a.model, n_stocks=a.stocks, n_months=a.months, n_chars=a.chars, seq_len=a.seq_len,
+            n_factors=a.factors, epochs=a.epochs, device=a.device, config=config,
+        )
+    except (UserError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
