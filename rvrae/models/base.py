@@ -103,6 +103,7 @@ class Batch:
     m_hist: torch.Tensor  # [B, L, N] float mask over the window
     r: torch.Tensor  # [B, N] target returns (= r_hist[:, -1])
     m: torch.Tensor  # [B, N] float target mask (= m_hist[:, -1])
+    stocks: torch.Tensor | None = None  # [N] panel indices of the batch's stocks (None: all)
 
 
 class PanelTensors:
@@ -115,17 +116,27 @@ class PanelTensors:
         self.chars = torch.from_numpy(np.ascontiguousarray(panel.chars)).to(self.device)
         self.ret = torch.from_numpy(np.ascontiguousarray(panel.ret)).to(self.device)
         self.mask = torch.from_numpy(panel.mask.astype(np.float32)).to(self.device)
+        self.n_stocks = panel.N
 
     def batch(self, months: np.ndarray) -> Batch:
+        """Windows for `months`, compacted to the stocks alive somewhere in them: a stock
+        without a return anywhere in the batch's windows cannot enter a loss, a managed
+        portfolio or a scored forecast, so carrying it would only cost time (at paper scale
+        about half the union of stocks is alive in a given year)."""
         idx, ok = window_months(np.asarray(months), self.seq_len)
-        idx_t = torch.from_numpy(idx).to(self.device)
+        idx_t = torch.from_numpy(idx).to(self.device)  # [B, L]
         ok_t = torch.from_numpy(ok.astype(np.float32)).to(self.device)  # [B, L]
-        x = self.chars[idx_t] * ok_t[:, :, None, None]
-        r_hist = self.ret[idx_t] * ok_t[:, :, None]
-        m_hist = self.mask[idx_t] * ok_t[:, :, None]
+        m_full = self.mask[idx_t] * ok_t[:, :, None]  # [B, L, N]
+        stocks = torch.nonzero(m_full.amax(dim=(0, 1)) > 0).squeeze(1)  # [N']
+        if stocks.numel() == 0:  # nothing alive (a window before the panel): keep one dummy
+            stocks = torch.zeros(1, dtype=torch.long, device=self.device)
+        x = self.chars[idx_t[:, :, None], stocks] * ok_t[:, :, None, None]  # [B, L, N', C]
+        r_hist = self.ret[idx_t[:, :, None], stocks] * ok_t[:, :, None]  # [B, L, N']
+        m_hist = m_full[:, :, stocks]
         return Batch(
             months=torch.from_numpy(np.asarray(months)).to(self.device),
             x=x, r_hist=r_hist, m_hist=m_hist, r=r_hist[:, -1], m=m_hist[:, -1],
+            stocks=stocks,
         )
 
 
@@ -175,8 +186,12 @@ class NeuralFactorModel(FactorModel):
         parts: list[dict] = []
         with torch.no_grad():
             for s in range(0, len(months), chunk):
-                out = self.forecast(self.net_, tensors.batch(months[s : s + chunk]))
-                parts.append({k: v.float().cpu().numpy() for k, v in out.items() if v is not None})
+                batch = tensors.batch(months[s : s + chunk])
+                out = self.forecast(self.net_, batch)
+                parts.append(
+                    {k: _to_panel_stocks(k, v, batch, tensors.n_stocks) for k, v in out.items()
+                     if v is not None}
+                )
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def predict(self, panel, months=None):
@@ -195,6 +210,20 @@ class NeuralFactorModel(FactorModel):
         else:
             f_all = self._run(tensors, hist)["f_post"]
         return forecast_from_prevailing_mean(months, out["beta"], out["f_post"], f_all)
+
+
+_PER_STOCK = ("r_hat", "r_std", "beta")  # forecast outputs with a stock axis (axis 1)
+
+
+def _to_panel_stocks(key: str, value: torch.Tensor, batch: Batch, n_stocks: int) -> np.ndarray:
+    """A forecast output as numpy over the panel's stocks: per-stock outputs of a compacted
+    batch are scattered back to [B, N, ...]; stocks outside the batch get 0."""
+    value = value.float().cpu()
+    if key not in _PER_STOCK or batch.stocks is None:
+        return value.numpy()
+    full = torch.zeros((value.shape[0], n_stocks, *value.shape[2:]), dtype=value.dtype)
+    full[:, batch.stocks.cpu()] = value
+    return full.numpy()
 
 
 def prevailing_mean(f_all: np.ndarray) -> np.ndarray:
