@@ -22,6 +22,13 @@ the target month itself (`rvrae.models.base.Batch`).
   ret[t]); r_std² = Var over prior draws of β f̂ (+ the idiosyncratic variance under NLL);
   f_post from the posterior mean at the last step (it sees ret[t]: total R² only).
 
+Decoder input: by default the window's lagged portfolio returns (SPEC §3.1's reading of eq. 20).
+A C-dimensional history is a fingerprint of its month, so on few training months the decoder
+can memorise factor values from it (measured: train R²_total 22 % vs test 4-7 % on planted
+panels). `decoder_input="generated"` feeds the decoder its own previous output instead, as the
+VRAE the paper builds on (Fabius & van Amersfoort) does when free-running; on the default
+synthetic panel it generalised better (test R²_total 6.2 % vs 3.9 %, Rank IC 0.058 vs 0.029).
+
 Decoder activation: the paper writes a sigmoid (eq. 21), which confines every factor to (0, 1):
 a factor return can then never change sign, and since β cannot see the month's sign either, a
 market factor that is negative in a down month is not representable. The default is therefore
@@ -61,7 +68,7 @@ class Config(NeuralConfig):
     decoder_input: str = "lagged"  # eq. 20's input: "lagged" portfolio returns y_{τ-1} (SPEC
     # §3.1), or "generated": the decoder's own previous output f̂_{τ-1} (VRAE free-running)
     dropout: float = 0.0  # on the factor network's portfolio features; the lagged window can
-    # fingerprint a training month, which lets the decoder memorise (see the class docstring)
+    # fingerprint a training month, which lets the decoder memorise (module docstring)
     ridge: float = 1e-4  # ε of the managed-portfolio solve (per live stock); all-zero chars
     batch_months: int = 1  # one cross-section per optimiser step (GKX, CPZ)
 
