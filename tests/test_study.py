@@ -44,8 +44,8 @@ def test_robustness_grid_rows_and_resume(ray_session, tiny_panel, tmp_path):
     assert ipca.loc[0, "rank_ic"] != ipca.loc[1, "rank_ic"]  # seeds omit different stocks
 
     files = set(result_files(out, "robustness"))
-    again = run_study(_opts(out, resume=True), panel=tiny_panel)  # Tuner.restore: finished
-    assert again.restored and again.rows == []
+    again = run_study(_opts(out, resume=True), panel=tiny_panel)  # grids resume from the store
+    assert not again.restored and again.skipped == 4 and again.rows == []
     assert set(result_files(out, "robustness")) == files
     # Without Tune's experiment the results store decides: every cell is there, nothing runs.
     import shutil

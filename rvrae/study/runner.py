@@ -309,11 +309,11 @@ def _trainable(panel_ref, cpus: float, gpus: float):
     )
 
 
-def _fit(opts, name, path, make_tuner, trainable, sink, live, run) -> None:
+def _fit(opts, name, path, make_tuner, trainable, sink, live, run, restore: bool = True) -> None:
     from ray import tune
 
     try:
-        if opts.resume and tune.Tuner.can_restore(path):
+        if restore and opts.resume and tune.Tuner.can_restore(path):
             # Our own experiment under --out (a trusted path: restore unpickles its state).
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=False)
             run.restored = True
@@ -342,8 +342,12 @@ def _grid(opts, cells, panel_ref, common, storage, static, cpus, gpus, conc, run
 
     from rvrae.study.callbacks import LiveProgress, ParquetSink
 
+    # A grid resumes from the results store, never from Tune's experiment state: Tune saves
+    # that state at most every ~10 s, so after a SIGKILL it can list finished (and written)
+    # cells as pending, and `Tuner.restore` would run them again. The store is written
+    # atomically per trial, so "cells not in the store" is exactly what is left to do.
     path = str(Path(storage) / opts.study)
-    if not cells and not (opts.resume and tune.Tuner.can_restore(path)):
+    if not cells:
         return
     trainable = _trainable(panel_ref, cpus, gpus)
     sink = ParquetSink(str(run.out), opts.study, static)
@@ -357,7 +361,7 @@ def _grid(opts, cells, panel_ref, common, storage, static, cpus, gpus, conc, run
             run_config=_run_config(opts, opts.study, storage, [sink, live]),
         )
 
-    _fit(opts, opts.study, path, make_tuner, trainable, sink, live, run)
+    _fit(opts, opts.study, path, make_tuner, trainable, sink, live, run, restore=False)
 
 
 def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc, run, console) -> None:
