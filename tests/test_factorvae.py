@@ -92,8 +92,9 @@ def test_kl_is_posterior_to_prior():
     assert torch.allclose(gaussian_kl(mq, sq, mp, sp), fwd, atol=1e-6)
     assert not torch.allclose(fwd, kl_divergence(Normal(mp, sp), Normal(mq, sq)), atol=1e-2)
 
-    # The training loss: loss(γ=2) − loss(γ=0) = 2 · KL(posterior ‖ prior), the same direction.
-    model, net, batch = built(gamma=2.0)
+    # The training loss: loss(γ=2) − loss(γ=0) = 2 · KL(posterior ‖ prior), the same direction
+    # (eq. 13 as printed: KL per month).
+    model, net, batch = built(gamma=2.0, kl_scale="per_month")
     with torch.no_grad():
         e = net.extract(batch.x)
         q = net.posterior(e, batch.r, batch.m)
@@ -105,6 +106,12 @@ def test_kl_is_posterior_to_prior():
         nll_only = model.loss(net, batch)
     assert torch.allclose(with_kl - nll_only, 2 * kl_qp, rtol=1e-4)
     assert not torch.allclose(kl_qp, kl_pq, rtol=1e-2)
+    # The default scales each month's KL by its live stocks (the month's ELBO per stock).
+    model.config.gamma, model.config.kl_scale = 2.0, "per_stock"
+    with torch.no_grad():
+        per_stock = model.loss(net, batch) - nll_only
+    kl_month = kl_divergence(Normal(*q), Normal(*p)).sum(-1)
+    assert torch.allclose(per_stock, 2 * (kl_month / batch.m.sum(1)).mean(), rtol=1e-4)
 
     # The reconstruction term is the Gaussian NLL of r_t under the eq. 9 decoder from z_post.
     with torch.no_grad():

@@ -18,6 +18,12 @@ characteristics (known before r_t) and y = r_t the realised cross-section:
 Our reading (SPEC §3.2):
 * The likelihood is the decoder's closed-form Gaussian of eq. 9 (z marginalised
   analytically), so training needs no sampling and is deterministic.
+* KL scale (`kl_scale`). Eq. 13 as printed averages the NLL over the N stocks but not the
+  KL, i.e. it weighs the KL N times more than the ELBO of the month's cross-section does.
+  On monthly panels that collapses the posterior onto the prior (measured on the default
+  synthetic panel, N ≈ 300: R²_total −0.3 % vs 16 % with the ELBO weighting; the oracle has
+  20 %). The default "per_stock" divides the KL by the month's live stocks — the month's
+  ELBO per stock, so γ = 1 is the plain ELBO; "per_month" is eq. 13 as printed.
 * Forecast: the prior only — r_hat = μ_α + β μ_prior, r_std = the eq. 9 std with σ_prior. The
   prior's attention pools over the stocks known before t (a characteristic window that is
   not all zero, or a return in t-1): never mask[t] or ret[t].
@@ -143,6 +149,7 @@ class Config(NeuralConfig):
     hidden: int = 64  # H: feature / GRU width, Duan et al. (SPEC §3.2)
     n_portfolios: int = 64  # M: portfolio layer width, Duan et al. (SPEC §3.2)
     gamma: float = 1.0  # γ: KL weight of eq. 13, Duan et al. (SPEC §3.2)
+    kl_scale: str = "per_stock"  # KL / live stocks (ELBO); "per_month" = eq. 13 as printed
     lr: float = 1e-3  # Adam, as every neural model here
     epochs: int = 50  # cap; early stopping ends sooner
     patience: int = 5
@@ -152,6 +159,10 @@ class Config(NeuralConfig):
         for key in ("n_factors", "hidden", "n_portfolios"):
             if getattr(self, key) < 1:
                 raise UserError(f"factorvae: {key} must be >= 1, got {getattr(self, key)}")
+        if self.kl_scale not in ("per_stock", "per_month"):
+            raise UserError(
+                f"factorvae: kl_scale must be 'per_stock' or 'per_month', got {self.kl_scale!r}"
+            )
         if self.gamma < 0:
             raise UserError(f"factorvae: gamma must be >= 0, got {self.gamma}")
 
@@ -172,8 +183,10 @@ class FactorVAE(NeuralFactorModel):
         nll = 0.5 * ((batch.r - mean) / std) ** 2 + torch.log(std)  # + const
         n = batch.m.sum(1).clamp_min(1.0)
         nll = ((nll * batch.m).sum(1) / n).mean()  # mean over stocks, then months
-        kl = gaussian_kl(mu_post, sigma_post, mu_prior, sigma_prior).sum(-1).mean()
-        return nll + self.config.gamma * kl
+        kl = gaussian_kl(mu_post, sigma_post, mu_prior, sigma_prior).sum(-1)  # [B]
+        if self.config.kl_scale == "per_stock":
+            kl = kl / n  # the month's ELBO per stock (module doc)
+        return nll + self.config.gamma * kl.mean()
 
     def forecast(self, net: FactorVAENet, batch: Batch) -> dict[str, torch.Tensor]:
         e = net.extract(batch.x)
