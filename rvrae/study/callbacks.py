@@ -34,6 +34,7 @@ def build_row(study: str, trial, status: str, error: str, meta: dict) -> dict:
     row.update({
         "study": study, "model": cfg["model"], "seed": int(cfg["seed"]), "m": int(cfg["m"]),
         "trial_id": trial.trial_id, "status": status, "error": error,
+        "num_failures": int(getattr(trial, "num_failures", 0)),  # Tune's retries (FailureConfig)
         "config": model_config(cfg),
     })
     if status == "error" or "finished_at" not in result:

@@ -63,7 +63,7 @@ def parser(study: str) -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1, help="Tune retries of a failed trial")
     p.add_argument("--resume", action="store_true", help="continue a killed study: every cell exactly once")
     p.add_argument("--verbose", action="store_true", help="show Ray's own output")
-    p.add_argument("--inject-fault", action="append", default=None, help=argparse.SUPPRESS)  # tests: MODEL:raise|nan
+    p.add_argument("--inject-fault", action="append", default=None, help=argparse.SUPPRESS)  # tests: MODEL:raise|nan|flaky[@SEED]
     if study == "tune":
         p.add_argument("--samples", type=int, default=16, help="Optuna trials per model")
         p.add_argument("--metric", default="valid_rank_ic", help="objective (a validation metric)")

@@ -46,7 +46,7 @@ class StudyOptions:
     samples: int = 16  # tune: Optuna trials per model
     metric: str = "valid_rank_ic"  # tune objective
     mode: str = "max"
-    faults: dict = field(default_factory=dict)  # test-only: model -> "raise" | "nan"
+    faults: dict = field(default_factory=dict)  # test-only: model -> "KIND" or "KIND@SEED" (see parse_faults)
     split: tuple[int, int, int] = (15, 3, 3)
     max_failures: int = 1  # Tune retries a failed trial this often before the error row
     storage: str | None = None  # Tune experiment storage (default <out>/_tune; S3 on a cluster)
@@ -114,13 +114,26 @@ def check_out(out: Path) -> None:
 
 
 def parse_faults(specs: list[str] | None, models: list[str]) -> dict:
-    out = {}
+    """Test-only `--inject-fault MODEL:KIND[@SEED]` -> {model: "KIND" or "KIND@SEED"}: every
+    trial of MODEL (or only its seed SEED) gets the fault (`rvrae.study.trainable.inject_fault`)."""
+    out: dict[str, str] = {}
     for s in specs or []:
-        name, _, kind = s.partition(":")
-        if name not in models or kind not in FAULTS:
-            raise UserError(f"--inject-fault {s!r}: expected MODEL:{'|'.join(FAULTS)} with MODEL in --models")
-        out[name] = kind
+        name, _, spec = s.partition(":")
+        kind, at, seed = spec.partition("@")
+        if name not in models or kind not in FAULTS or (at and not seed.isdigit()):
+            raise UserError(f"--inject-fault {s!r}: expected MODEL:{'|'.join(FAULTS)}[@SEED] with MODEL in --models")
+        out[name] = f"{out[name]},{spec}" if name in out else spec  # repeated: one per seed
     return out
+
+
+def fault_of(spec: str | None, seed: int) -> str | None:
+    """The fault kind a trial of `seed` gets from a faults entry ("KIND", "KIND@SEED", or a
+    comma-separated list of those; the first that applies wins)."""
+    for part in (spec or "").split(","):
+        kind, at, only = part.partition("@")
+        if kind and (not at or int(only) == seed):
+            return kind
+    return None
 
 
 def validate(opts: StudyOptions) -> None:
@@ -171,6 +184,17 @@ def prepare(opts: StudyOptions):
 # ---------------------------------------------------------------- Ray
 
 
+def ray_init_kwargs(address: str | None = None, verbose: bool = False) -> dict:
+    """The `ray.init` arguments of `connect`: attach to `address` ("auto" or host:port), or
+    (None / "local") start a local instance WITHOUT a dashboard, so no HTTP endpoint is opened
+    (SPEC §8). Ray's own gRPC ports are Ray's business (token authentication in Ray >= 2.50)."""
+    level = logging.INFO if verbose else logging.WARNING
+    common = {"log_to_driver": verbose, "logging_level": level}
+    if address in (None, "local"):
+        return {**common, "include_dashboard": False}
+    return {**common, "address": address}
+
+
 def connect(address: str | None, verbose: bool) -> bool:
     """Attach to a running cluster (`address`, or "auto": attach if one runs) or start a local
     instance bound to localhost without a dashboard. Returns True if this call started Ray."""
@@ -178,20 +202,19 @@ def connect(address: str | None, verbose: bool) -> bool:
 
     if ray.is_initialized():
         return False
-    level = logging.INFO if verbose else logging.WARNING
     if address not in (None, "auto", "local"):
         try:
-            ray.init(address=address, log_to_driver=verbose, logging_level=level)
+            ray.init(**ray_init_kwargs(address, verbose))
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise UserError(f"--address {address}: cannot attach to a Ray cluster ({e})") from None
         return True
     if address != "local":
         try:
-            ray.init(address="auto", log_to_driver=verbose, logging_level=level)
+            ray.init(**ray_init_kwargs("auto", verbose))
             return True
         except (ConnectionError, ValueError, RuntimeError):
             pass
-    ray.init(include_dashboard=False, log_to_driver=verbose, logging_level=level)
+    ray.init(**ray_init_kwargs(None, verbose))
     return True
 
 
@@ -242,8 +265,9 @@ def grid_cells(opts: StudyOptions) -> list[dict]:
         for m in opts.m:
             for seed in range(opts.seeds):
                 cell = {"model": name, "seed": seed, "m": m, "hp": dict(opts.configs.get(name, {}))}
-                if name in opts.faults:
-                    cell["fault"] = opts.faults[name]
+                fault = fault_of(opts.faults.get(name), seed)
+                if fault:
+                    cell["fault"] = fault
                 cells.append(cell)
     return cells
 
@@ -384,8 +408,9 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
     live = LiveProgress(f"tune {name}", opts.metric, opts.mode, total=samples, console=console)
     constants = {**common, "model": name, "seed": 0, "m": 0, "objective": opts.metric,
                  "hp": dict(opts.configs.get(name, {}))}
-    if name in opts.faults:
-        constants["fault"] = opts.faults[name]
+    fault = fault_of(opts.faults.get(name), 0)
+    if fault:
+        constants["fault"] = fault
 
     def make_tuner():
         search = OptunaSearch(space=get_spec(name).space, metric=opts.metric, mode=opts.mode, seed=0)

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 RESERVED = ("model", "seed", "m", "hp", "epochs", "split", "cpus", "objective", "fault", "cell")
-FAULTS = ("raise", "nan")
+FAULTS = ("raise", "nan", "flaky")
 
 
 def flat(config: dict) -> dict:
@@ -93,11 +93,21 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
 def inject_fault(kind: str | None, train):
     """Test-only faults honoured by the production path (set by `--inject-fault MODEL:KIND`):
     "raise" fails the trial outright; "nan" poisons the training returns, so a neural model's
-    loss turns NaN (FloatingPointError in rvrae.train) and any other model's forecast does."""
+    loss turns NaN (FloatingPointError in rvrae.train) and any other model's forecast does;
+    "flaky" fails the trial's first attempt only (a marker in its trial dir), so Tune's retry
+    (FailureConfig) succeeds."""
     if kind is None:
         return train
     if kind == "raise":
         raise RuntimeError("injected fault: raise")
+    if kind == "flaky":
+        from ray import tune
+
+        marker = os.path.join(tune.get_context().get_trial_dir(), ".flaky_fault_seen")
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("injected fault: flaky (first attempt)")
+        return train
     if kind == "nan":
         return dataclasses.replace(train, ret=np.full_like(train.ret, np.nan))
     raise ValueError(f"unknown fault {kind!r}")
