@@ -1,0 +1,393 @@
+"""The speed study (issue 7): how fast the tables arrive, as RATIOS against a reference run
+measured in the same process or study (the machine may be shared and noisy); absolute
+seconds are kept as context only.
+
+    python studies/speed.py [--quick] [--cases a,b,c,d,e,f] [--repeats N] [--out results]
+
+Cases (medians over repeats):
+  a  IPCA vs the peer package `ipca`: time ratio peer/ours and ΔR² (target ≥ 30× at |ΔR²| ≤ 1e-4)
+  b  every model at paper scale: seconds per epoch and peak RSS, one subprocess per model
+     (`python -m rvrae.bench`); ratio = sec/epoch ÷ RVRAE's (target RSS ≤ 2 GB)
+  c  harness overhead: 12 short trials through Ray Tune (`run_study`, 1 concurrent trial) vs
+     the same trials called in-process one after another (target Tune/in-process ≤ 1.10)
+  d  concurrency: the same grid through Tune with 1 vs 2 concurrent trials (target ≥ 1.7×)
+  e  scaling: fit time vs stocks for RVRAE and IPCA; log-log slope of time on N
+  f  `rvrae demo` wall time in a subprocess (target ≤ 300 s)
+
+Rows go to `<out>/study=speed/model=<model>/` (`rvrae.results.store.write_row`), one per case
+× repeat (`seed` = repeat index), with a `case` column, so `rvrae table results --study speed`
+shows mean(std) per case; `run_speed` prints the medians with the targets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rvrae.errors import UserError
+
+CASES = "abcdef"
+PAPER = dict(n_stocks=5682, n_months=252, n_chars=46)
+MODELS = ("rvrae", "ipca", "ca", "factorvae", "alstm", "transformer")
+
+
+@dataclass
+class Sizes:
+    """What each case runs; `full()` is the issue's sizes, `quick()` a few minutes' worth."""
+
+    repeats: int = 3
+    ipca: tuple = (2000, 180, 46, 5)  # a: stocks, months, chars, K
+    bench: dict = field(default_factory=lambda: dict(PAPER))  # b
+    bench_epochs: int = 1
+    bench_models: tuple = MODELS
+    grid_models: tuple = MODELS  # c, d: 6 models × 2 seeds = 12 trials
+    grid_seeds: int = 2
+    grid_epochs: int = 4  # the demo's trial: DEMO_SYNTH panel, DEMO_CONFIGS, 4 epochs
+    grid_synth: dict = field(default_factory=lambda: dict(n_stocks=250, n_months=120, n_chars=12))
+    scale_stocks: tuple = (1000, 2000, 4000)  # e
+    scale_months: int = 252
+    scale_models: tuple = ("rvrae", "ipca")
+    demo_args: tuple = ()  # f: extra `rvrae demo` flags
+    threads: int = 1  # torch threads of every measured fit (a trial's CPUs in the harness)
+
+    @classmethod
+    def full(cls) -> "Sizes":
+        return cls()
+
+    @classmethod
+    def quick(cls) -> "Sizes":
+        return cls(
+            repeats=1, ipca=(500, 60, 46, 5), bench=dict(n_stocks=500, n_months=84, n_chars=46),
+            grid_epochs=1, grid_synth=dict(n_stocks=150, n_months=120, n_chars=8),
+            scale_stocks=(250, 500, 1000), scale_months=84, demo_args=("--seeds", "1", "--epochs", "1"),
+        )  # fmt: skip
+
+
+TARGETS = {
+    "a": "ratio>=30, |dR2|<=1e-4",
+    "b": "rss<=2048MB",
+    "c": "ratio<=1.10",
+    "d": "ratio>=1.7",
+    "e": "",  # no target: the slope is reported (1 = linear in N)
+    "f": "<=300s",
+}
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def _row_id(case: str, model: str, rep: int) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{case}-{model}-{rep}").strip("_")
+
+
+def _row(case: str, model: str, rep: int, **values) -> dict:
+    return {
+        "study": "speed", "model": model, "trial_id": _row_id(case, model, rep), "seed": rep,
+        "case": case, "target": TARGETS.get(case[0], ""), "load1": load1(), **values,
+    }  # fmt: skip
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# ---------------------------------------------------------------- a: IPCA vs the peer
+
+
+def case_a(s: Sizes) -> list[dict]:
+    from rvrae.bench_ipca import ipca_benchmark
+
+    N, T, C, K = s.ipca
+    case = f"a ipca/peer {N}x{T}x{C} K={K}"
+    rows = []
+    for rep in range(s.repeats):
+        r = ipca_benchmark(N, T, C, K, seed=rep)
+        rows.append(_row(case, "ipca", rep, ratio=r["ratio"], seconds=r["time_ours"],
+                         ref_seconds=r["time_peer"], delta_r2=r["r2_ours"] - r["r2_peer"]))  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------- b: every model, paper scale
+
+
+def bench_subprocess(model: str, sizes: dict, epochs: int, threads: int, timeout: float = 3600) -> dict:
+    """`python -m rvrae.bench` in a fresh process (its own peak RSS); the JSON it prints."""
+    cmd = [sys.executable, "-m", "rvrae.bench", "--model", model, "--stocks", str(sizes["n_stocks"]),
+           "--months", str(sizes["n_months"]), "--chars", str(sizes["n_chars"]),
+           "--epochs", str(epochs), "--threads", str(threads)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"rvrae.bench --model {model} failed: {p.stderr.strip()[-500:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def case_b(s: Sizes) -> list[dict]:
+    z, models = s.bench, s.bench_models
+    case = f"b epoch {z['n_stocks']}x{z['n_months']}x{z['n_chars']}"
+    # One pass, whatever --repeats says: at paper scale one epoch of a sequence model is minutes.
+    secs = {m: bench_subprocess(m, z, s.bench_epochs, s.threads) for m in models}
+    ref = secs["rvrae"]["seconds_per_epoch"] if "rvrae" in secs else math.nan
+    return [_row(case, m, 0, seconds=r["seconds_per_epoch"], peak_rss_mb=r["peak_rss_mb"],
+                 ratio=r["seconds_per_epoch"] / ref) for m, r in secs.items()]  # fmt: skip
+
+
+# ---------------------------------------------------------------- c, d: the harness
+
+
+def grid_options(s: Sizes, out: Path, concurrent: int):
+    from rvrae.study.demo import DEMO_CONFIGS
+    from rvrae.study.runner import StudyOptions
+
+    return StudyOptions(
+        study="benchmark", models=list(s.grid_models), out=out, seeds=s.grid_seeds, m=[0],
+        epochs=s.grid_epochs, cpus_per_trial=1, max_concurrent=concurrent, address="local",
+        split=(6, 2, 2), configs={k: v for k, v in DEMO_CONFIGS.items() if k in s.grid_models},
+    )  # fmt: skip
+
+
+def tune_wall(s: Sizes, panel, concurrent: int) -> float:
+    """Wall seconds of `run_study` (Ray already up): Tuner set-up, scheduling, trials, sink."""
+    from rvrae.study.runner import run_study
+
+    with tempfile.TemporaryDirectory(prefix="rvrae-speed-") as d:
+        opts = grid_options(s, Path(d) / "out", concurrent)
+        t0 = time.perf_counter()
+        run = run_study(opts, panel=panel)
+        wall = time.perf_counter() - t0
+    n = len(s.grid_models) * s.grid_seeds
+    if len(run.rows) != n:
+        raise RuntimeError(f"speed grid: {len(run.rows)} of {n} trials written")
+    return wall
+
+
+def inprocess_wall(s: Sizes, panel) -> float:
+    """The same trials, `train_trial` called one after another in this process (Tune's report
+    replaced by a no-op): the work without the harness."""
+    from unittest import mock
+
+    from rvrae.study.runner import grid_cells
+    from rvrae.study.trainable import train_trial
+
+    opts = grid_options(s, Path("."), 1)
+    common = {"epochs": opts.epochs, "split": tuple(opts.split), "cpus": 1}
+    t0 = time.perf_counter()
+    with torch_threads(1), mock.patch("ray.tune.report", lambda *a, **k: None):
+        for cell in grid_cells(opts):
+            train_trial({**common, "cell": cell}, panel)
+    return time.perf_counter() - t0
+
+
+def case_cd(s: Sizes, cases: str = "cd") -> list[dict]:
+    import ray
+
+    from rvrae.data.synthetic import SynthConfig, make_synthetic
+    from rvrae.study.runner import connect
+
+    panel = make_synthetic(SynthConfig(**s.grid_synth)).panel
+    n = len(s.grid_models) * s.grid_seeds
+    label = f"{n} trials {len(s.grid_models)}m x {s.grid_seeds}s, {s.grid_epochs} ep"
+    t0 = time.perf_counter()
+    started = connect("local", False)
+    ray_start = time.perf_counter() - t0
+    rows = []
+    try:
+        inprocess_wall(s, panel)  # warm-up: imports, first optimizer, allocator
+        for rep in range(s.repeats):
+            # Alternate the order so that drifting machine load hits both sides alike.
+            if rep % 2 == 0:
+                inproc, tune1 = inprocess_wall(s, panel), tune_wall(s, panel, 1)
+            else:
+                tune1, inproc = tune_wall(s, panel, 1), inprocess_wall(s, panel)
+            if "c" in cases:
+                rows.append(_row(f"c tune/in-process, {label}", "harness", rep, ratio=tune1 / inproc,
+                                 seconds=tune1, ref_seconds=inproc, ray_start_seconds=ray_start))  # fmt: skip
+            if "d" in cases:
+                tune2 = tune_wall(s, panel, 2)
+                rows.append(_row(f"d speed-up 2 vs 1 concurrent, {label}", "harness", rep,
+                                 ratio=tune1 / tune2, seconds=tune2, ref_seconds=tune1))  # fmt: skip
+    finally:
+        if started:
+            ray.shutdown()
+    return rows
+
+
+# ---------------------------------------------------------------- e: scaling in N
+
+
+def loglog_slope(n: list[float], t: list[float]) -> float:
+    """Least-squares slope of log t on log n: 1 = linear in the number of stocks."""
+    return float(np.polyfit(np.log(n), np.log(t), 1)[0])
+
+
+def case_e(s: Sizes) -> list[dict]:
+    from rvrae.bench import epoch_benchmark
+
+    # IPCA runs a fixed number of ALS iterations (tol ~ 0) so iteration counts do not move
+    # with N; RVRAE one epoch (early stopping off).
+    configs = {"ipca": {"max_iter": 20, "tol": 1e-300}, "rvrae": None}
+    rows = []
+    with torch_threads(s.threads):
+        for m in s.scale_models:
+            for rep in range(s.repeats):
+                times = []
+                for N in s.scale_stocks:
+                    r = epoch_benchmark(m, n_stocks=N, n_months=s.scale_months, epochs=1,
+                                        config=configs.get(m), seed=rep)  # fmt: skip
+                    times.append(r["fit_seconds"])
+                base = times[0]
+                for N, t in zip(s.scale_stocks, times):
+                    rows.append(_row(f"e fit N={N} x {s.scale_months}m", m, rep, seconds=t, ratio=t / base))
+                rows.append(_row(f"e slope N={'/'.join(map(str, s.scale_stocks))}", m, rep,
+                                 slope=loglog_slope(list(s.scale_stocks), times)))  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------- f: the demo
+
+
+def case_f(s: Sizes) -> list[dict]:
+    exe = Path(sys.executable).with_name("rvrae")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "rvrae.cli"]
+    rows = []
+    for rep in range(1):  # one demo is minutes: one run
+        with tempfile.TemporaryDirectory(prefix="rvrae-speed-demo-") as d:
+            t0 = time.perf_counter()
+            p = subprocess.run([*cmd, "demo", "--out", str(Path(d) / "demo"), *s.demo_args],
+                               capture_output=True, text=True, timeout=3600)  # fmt: skip
+            wall = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise RuntimeError(f"rvrae demo failed: {p.stderr.strip()[-500:]}")
+        label = "f rvrae demo" + (" " + " ".join(s.demo_args) if s.demo_args else "")
+        rows.append(_row(label, "harness", rep, seconds=wall))
+    return rows
+
+
+# ---------------------------------------------------------------- summary
+
+
+def met(case: str, med: dict) -> str:
+    """'met' / 'missed' / '' (no target) for one case's medians."""
+    k = case[0]
+    if k == "a":
+        return _ok(med.get("ratio", math.nan) >= 30 and abs(med.get("delta_r2", math.nan)) <= 1e-4)
+    if k == "b":
+        return _ok(med.get("peak_rss_mb", math.nan) <= 2048)
+    if k == "c":
+        return _ok(med.get("ratio", math.nan) <= 1.10)
+    if k == "d":
+        return _ok(med.get("ratio", math.nan) >= 1.7)
+    if k == "f" and "--seeds" not in case:
+        return _ok(med.get("seconds", math.nan) <= 300)
+    return ""
+
+
+def _ok(flag: bool) -> str:
+    return "met" if flag else "missed"
+
+
+VALUE_COLUMNS = ("ratio", "seconds", "ref_seconds", "peak_rss_mb", "delta_r2", "slope", "load1")
+
+
+def summarise(rows: list[dict]):
+    """Medians over repeats per (case, model), with the target verdict: a DataFrame."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    cols = [c for c in VALUE_COLUMNS if c in df.columns]
+    g = df.groupby(["case", "model"], sort=False)
+    out = g[cols].median()
+    out["n"] = g.size()
+    out["target"] = g["target"].first()
+    out["verdict"] = [met(c, r.to_dict()) for (c, _), r in out.iterrows()]
+    return out.reset_index()
+
+
+def render_summary(summary, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=max(160, Console().width))
+    t = Table(title="Speed study (medians over repeats)")
+    cols = [c for c in VALUE_COLUMNS if c in summary.columns and summary[c].notna().any()]
+    for c in ("case", "model", *cols, "n", "target", "verdict"):
+        t.add_column(c, justify="left" if c in ("case", "model", "target", "verdict") else "right")
+    for _, r in summary.iterrows():
+        cells = [str(r["case"]), str(r["model"])]
+        cells += [f"{r[c]:.4g}" if isinstance(r[c], float) and math.isfinite(r[c]) else "–" for c in cols]
+        cells += [str(r["n"]), str(r["target"]), str(r["verdict"])]
+        t.add_row(*cells)
+    console.print(t)
+
+
+def machine() -> str:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = math.nan
+    with contextlib.suppress(OSError, ValueError):
+        kb = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+        mem = int(kb.split()[1]) / 2**20
+    return f"{os.cpu_count()} CPUs ({cpu}), {mem:.1f} GiB RAM, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+
+
+RUNNERS = {"a": case_a, "b": case_b, "e": case_e, "f": case_f}
+
+
+def run_speed(cases: str = CASES, quick: bool = False, out: Path | str | None = Path("results"),
+              repeats: int | None = None, sizes: Sizes | None = None, console=None) -> list[dict]:
+    """Run the chosen cases, write one Parquet row per case × repeat under `out` (None: none),
+    print the medians with their targets; returns the rows."""
+    from rich.console import Console
+
+    from rvrae.results.store import write_row
+
+    bad = set(cases) - set(CASES)
+    if bad or not cases:
+        raise UserError(f"--cases: expected letters from {CASES!r}, got {cases!r}")
+    s = sizes or (Sizes.quick() if quick else Sizes.full())
+    if repeats is not None:
+        if repeats < 1:
+            raise UserError(f"--repeats must be >= 1, got {repeats}")
+        s.repeats = repeats
+    console = console or Console(width=max(160, Console().width))
+    console.print(f"machine: {machine()}", highlight=False)
+    rows: list[dict] = []
+    for k in CASES:
+        if k not in cases or k == "d" and "c" in cases:
+            continue
+        t0 = time.perf_counter()
+        new = case_cd(s, "".join(x for x in "cd" if x in cases)) if k in "cd" else RUNNERS[k](s)
+        console.print(f"case {'cd' if k in 'cd' and 'd' in cases and 'c' in cases else k}: "
+                      f"{len(new)} rows in {time.perf_counter() - t0:.0f}s, load {load1():.2f}", highlight=False)  # fmt: skip
+        for r in new:
+            if out is not None:
+                write_row(out, r)
+        rows += new
+    render_summary(summarise(rows), console)
+    if out is not None:
+        console.print(f"rows in {out}/study=speed (rvrae table {out} --study speed)", highlight=False)
+    return rows

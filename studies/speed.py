@@ -1,0 +1,36 @@
+"""The speed study (issue 7): ratios against in-process reference runs, one Parquet row per
+case × repeat under --out (study=speed), then the table of medians with their targets.
+
+    python studies/speed.py [--quick] [--cases abcdef] [--repeats N] [--out results] [--no-write]
+
+See rvrae/study/speed.py for the cases. `rvrae table results --study speed` re-renders the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rvrae.errors import UserError
+from rvrae.study.speed import CASES, run_speed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="reduced sizes and one repeat (minutes)")
+    p.add_argument("--cases", default=CASES, help=f"which cases, letters of {CASES!r} (default all)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per case (default 3; quick 1)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="results root (rows under study=speed)")
+    p.add_argument("--no-write", action="store_true", help="print only, write no rows")
+    a = p.parse_args(argv)
+    try:
+        run_speed(a.cases, quick=a.quick, out=None if a.no_write else a.out, repeats=a.repeats)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
