@@ -111,7 +111,9 @@ def _paired_p(a: pd.Series, b: pd.Series) -> float:
 
 def _aggregate(ok: pd.DataFrame, row_col: str, metrics: list[str], ms: list[int], signif: bool):
     """The MultiIndex frame of a mean(std) table."""
-    ok = ok[list(dict.fromkeys([row_col, "seed", "m", *metrics]))]  # narrow before filtering
+    # Narrow before filtering; a metric whose column was dropped as all-NaN comes back as NaN
+    # (n = 0) instead of a KeyError (e.g. omitted_rank_icir with one test month).
+    ok = ok.reindex(columns=list(dict.fromkeys([row_col, "seed", "m", *metrics])))
     rows = _order_rows(ok[row_col].unique())
     data, cells = {}, []
     for m in ms:
