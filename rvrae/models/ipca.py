@@ -67,11 +67,18 @@ def moments(
     T, N, C = chars.shape
     C += int(constant)
     A, b = np.empty((T, C, C)), np.empty((T, C))
+    c = int(constant)  # the constant's row/column of A is (n, Σ z), of b Σ r: no concatenated copy
     for s in range(0, T, CHUNK):  # chunks of months, never stocks
-        m = mask[s : s + CHUNK].astype(np.float64)  # [t, N]
-        z = instruments(chars[s : s + CHUNK], constant) * m[..., None]  # [t, N, C]
-        A[s : s + CHUNK] = z.transpose(0, 2, 1) @ z
-        b[s : s + CHUNK] = (z.transpose(0, 2, 1) @ ret[s : s + CHUNK, :, None])[..., 0]
+        sl = slice(s, s + CHUNK)
+        m = mask[sl].astype(np.float64)  # [t, N]
+        z = chars[sl] * m[..., None]  # [t, N, C] float64: cast and mask in one pass
+        zt = z.transpose(0, 2, 1)
+        A[sl, c:, c:] = zt @ z
+        b[sl, c:] = (zt @ ret[sl, :, None])[..., 0]
+        if constant:
+            A[sl, 0, 0] = m.sum(1)
+            A[sl, 0, 1:] = A[sl, 1:, 0] = z.sum(1)
+            b[sl, 0] = np.einsum("tn,tn->t", m, ret[sl])
     r = np.where(mask, ret, 0).astype(np.float64)
     return A, b, np.einsum("tn,tn->t", r, r), mask.sum(1).astype(np.float64)
 
