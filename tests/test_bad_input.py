@@ -62,9 +62,13 @@ DATA_CASES = [
 
 
 def _run(fn, argv, capsys) -> str:
+    import ray
+
+    had_ray = ray.is_initialized()
     capsys.readouterr()
     rc = fn(argv)
     err = capsys.readouterr().err
+    assert ray.is_initialized() == had_ray  # rejected before Ray started (or stopped what it started)
     assert rc == 2, err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     return err
