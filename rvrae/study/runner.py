@@ -393,6 +393,7 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
     from ray.tune.search.optuna import OptunaSearch
 
     from rvrae.models.registry import get_spec
+    from rvrae.results.store import existing_cells
     from rvrae.study.callbacks import LiveProgress, ParquetSink
 
     storage = str(Path(storage) / "tune")
