@@ -115,15 +115,21 @@ def torch_threads(n: int):
 
 
 def case_a(s: Sizes) -> list[dict]:
-    from rvrae.bench_ipca import ipca_benchmark
+    from rvrae.bench_ipca import ipca_benchmark, ours_fit, planted_ipca_panel
 
     N, T, C, K = s.ipca
     case = f"a ipca/peer {N}x{T}x{C} K={K}"
     rows = []
     for rep in range(s.repeats):
         r = ipca_benchmark(N, T, C, K, seed=rep)
-        rows.append(_row(case, "ipca", rep, ratio=r["ratio"], seconds=r["time_ours"],
-                         ref_seconds=r["time_peer"], delta_r2=r["r2_ours"] - r["r2_peer"]))  # fmt: skip
+        # Ours is sub-second and the peer ~30× longer: on a shared machine one short fit is
+        # at the mercy of a load spike, so ours is also timed as the median of 5 more fits
+        # on the same panel (`ratio_median5`, context); the verdict uses ipca_benchmark's `ratio`.
+        panel = planted_ipca_panel(N, T, C, K, rep)
+        ours = float(np.median([ours_fit(panel, K)[1] for _ in range(5)]))
+        rows.append(_row(case, "ipca", rep, ratio=r["ratio"], ratio_median5=r["time_peer"] / ours,
+                         seconds=r["time_ours"], ref_seconds=r["time_peer"],
+                         delta_r2=r["r2_ours"] - r["r2_peer"]))  # fmt: skip
     return rows
 
 
@@ -306,7 +312,7 @@ def _ok(flag: bool) -> str:
     return "met" if flag else "missed"
 
 
-VALUE_COLUMNS = ("ratio", "seconds", "ref_seconds", "peak_rss_mb", "delta_r2", "slope", "load1")
+VALUE_COLUMNS = ("ratio", "ratio_median5", "seconds", "ref_seconds", "peak_rss_mb", "delta_r2", "slope", "load1")
 
 
 def summarise(rows: list[dict]):
