@@ -204,7 +204,8 @@ def inprocess_wall(s: Sizes, panel) -> float:
     return time.perf_counter() - t0
 
 
-def case_cd(s: Sizes, cases: str = "cd") -> list[dict]:
+def case_cd(s: Sizes, cases: str = "cd"):
+    """Yields each repeat's rows as soon as they are measured (a stopped run keeps them)."""
     import ray
 
     from rvrae.data.synthetic import SynthConfig, make_synthetic
@@ -216,7 +217,6 @@ def case_cd(s: Sizes, cases: str = "cd") -> list[dict]:
     t0 = time.perf_counter()
     started = connect("local", False)
     ray_start = time.perf_counter() - t0
-    rows = []
     try:
         inprocess_wall(s, panel)  # warm-up: imports, first optimizer, allocator
         for rep in range(s.repeats):
@@ -226,16 +226,15 @@ def case_cd(s: Sizes, cases: str = "cd") -> list[dict]:
             else:
                 tune1, inproc = tune_wall(s, panel, 1), inprocess_wall(s, panel)
             if "c" in cases:
-                rows.append(_row(f"c tune/in-process, {label}", "harness", rep, ratio=tune1 / inproc,
-                                 seconds=tune1, ref_seconds=inproc, ray_start_seconds=ray_start))  # fmt: skip
+                yield _row(f"c tune/in-process, {label}", "harness", rep, ratio=tune1 / inproc,
+                           seconds=tune1, ref_seconds=inproc, ray_start_seconds=ray_start)  # fmt: skip
             if "d" in cases:
                 tune2 = tune_wall(s, panel, 2)
-                rows.append(_row(f"d speed-up 2 vs 1 concurrent, {label}", "harness", rep,
-                                 ratio=tune1 / tune2, seconds=tune2, ref_seconds=tune1))  # fmt: skip
+                yield _row(f"d speed-up 2 vs 1 concurrent, {label}", "harness", rep,
+                           ratio=tune1 / tune2, seconds=tune2, ref_seconds=tune1)  # fmt: skip
     finally:
         if started:
             ray.shutdown()
-    return rows
 
 
 # ---------------------------------------------------------------- e: scaling in N
@@ -387,12 +386,14 @@ def run_speed(cases: str = CASES, quick: bool = False, out: Path | str | None = 
             continue
         t0 = time.perf_counter()
         new = case_cd(s, "".join(x for x in "cd" if x in cases)) if k in "cd" else RUNNERS[k](s)
-        console.print(f"case {'cd' if k in 'cd' and 'd' in cases and 'c' in cases else k}: "
-                      f"{len(new)} rows in {time.perf_counter() - t0:.0f}s, load {load1():.2f}", highlight=False)  # fmt: skip
-        for r in new:
+        n = 0
+        for r in new:  # written as they come: a stopped run keeps what it measured
             if out is not None:
                 write_row(out, r)
-        rows += new
+            rows.append(r)
+            n += 1
+        console.print(f"case {'cd' if k in 'cd' and 'd' in cases and 'c' in cases else k}: "
+                      f"{n} rows in {time.perf_counter() - t0:.0f}s, load {load1():.2f}", highlight=False)  # fmt: skip
     render_summary(summarise(rows), console)
     if out is not None:
         console.print(f"rows in {out}/study=speed (rvrae table {out} --study speed)", highlight=False)
