@@ -220,6 +220,19 @@ def _rich(table: Table) -> RichTable:
     return rt
 
 
+def _natural_width(rt: RichTable) -> int:
+    """Width of a rich table with no cell wrapped: the widest cell (header included) of each
+    column, plus padding and borders."""
+    from rich.text import Text
+
+    def width(c) -> int:
+        text = Text.from_markup(c) if isinstance(c, str) else c
+        return max((len(line) for line in text.plain.splitlines()), default=0)
+
+    cols = [max([width(col.header), *map(width, col._cells)]) for col in rt.columns]
+    return sum(cols) + 3 * len(cols) + 1
+
+
 def render_tables(tables: list[Table], fmt: str, console: Console | None = None) -> str:
     """Text of the tables in `fmt`; `rich` prints on `console` and returns ""."""
     if fmt not in FORMATS:
@@ -232,7 +245,15 @@ def render_tables(tables: list[Table], fmt: str, console: Console | None = None)
         return "\n".join(_latex(t) for t in tables)
     console = console or Console()
     for t in tables:
-        console.print(_rich(t))
+        rt = _rich(t)
+        # Never truncate a number: a table wider than the terminal (Table III has 2 columns per
+        # m) is printed at its natural width instead of being squeezed into "0.09…" cells.
+        w = _natural_width(rt)
+        out = console if w <= console.width else Console(
+            file=console.file, width=w, force_terminal=console.is_terminal,
+            color_system=console.color_system, no_color=console.no_color,
+        )  # rich clamps print(width=...) to the console's width, so widen the console
+        out.print(rt)
     return ""
 
 
