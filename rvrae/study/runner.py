@@ -191,7 +191,9 @@ def ray_init_kwargs(address: str | None = None, verbose: bool = False) -> dict:
     level = logging.INFO if verbose else logging.WARNING
     common = {"log_to_driver": verbose, "logging_level": level}
     if address in (None, "local"):
-        return {**common, "include_dashboard": False}
+        # Workers import torch and the models as they start (rvrae.study.trainable.warm_worker).
+        hook = {"worker_process_setup_hook": "rvrae.study.trainable.warm_worker"}
+        return {**common, "include_dashboard": False, "runtime_env": hook}
     return {**common, "address": address}
 
 
@@ -305,6 +307,9 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
     if not opts.verbose:
         _quiet_ray(out / "_logs" / f"{opts.study}.log")
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter honours verbose=0
+    # Tune's own CSV / JSON / TensorBoard result loggers duplicate what the Parquet sink
+    # records and cost time on every report: off unless the user asked for them.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     static = {"data_fingerprint": panel.fingerprint(), "data_source": panel.source, **provenance()}
     run = StudyRun(out=out, rows=[], cpus_per_trial=cpus, gpus_per_trial=gpus, max_concurrent=conc)
     common = {"epochs": opts.epochs, "split": tuple(opts.split), "cpus": cpus}

@@ -167,3 +167,19 @@ def train_trial(config: dict, panel) -> None:
         "model_config": json.dumps(dataclasses.asdict(model.config), sort_keys=True, default=str),
     }
     tune.report(final)
+
+
+def warm_worker() -> None:
+    """Ray's `worker_process_setup_hook`: import torch and the models, and take one Adam step,
+    when a worker process starts — in the background while the driver loads the panel —
+    rather than inside the first trial (torch's first optimizer step imports torch._dynamo:
+    seconds in a cold process)."""
+    import torch
+
+    import rvrae.models.registry  # noqa: F401
+    import rvrae.train  # noqa: F401
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p])
+    p.sum().backward()
+    opt.step()
