@@ -33,13 +33,8 @@ def random_panel(
     rng = np.random.default_rng(seed)
     chars = rng.uniform(-1.0, 1.0, (n_months, n_stocks, n_chars)).astype(np.float32)
     mask = rng.uniform(size=(n_months, n_stocks)) < alive
-    ret = (0.1 * rng.standard_normal((n_months, n_stocks))).astype(np.float32) * mask
-    return Panel(
-        chars=chars, ret=ret, mask=mask,
-        dates=np.datetime64("2000-01", "M") + np.arange(n_months),
-        ids=np.array([f"s{i}" for i in range(n_stocks)]),
-        char_names=tuple(f"c{i}" for i in range(n_chars)), source="bench(random)",
-    )
+    ret = (0.1 * rng.standard_normal((n_months, n_stocks))).astype(np.float32)
+    return Panel.from_arrays(chars, ret, mask, source="bench(random)")
 
 
 def epoch_benchmark(

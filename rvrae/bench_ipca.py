@@ -32,12 +32,7 @@ def planted_ipca_panel(
     signal = np.einsum("tnc,ck,tk->tn", chars, gamma, f)
     ret = signal + 2.0 * signal.std() * rng.standard_normal((T, N))
     mask = rng.uniform(size=(T, N)) > missing
-    return Panel(
-        chars=chars, ret=np.where(mask, ret, 0).astype(np.float32), mask=mask,
-        dates=np.datetime64("2000-01", "M") + np.arange(T),
-        ids=np.array([f"s{i}" for i in range(N)]), char_names=tuple(f"c{i}" for i in range(C)),
-        source=f"planted_ipca({N}x{T}x{C}, K={K}, seed={seed})",
-    )
+    return Panel.from_arrays(chars, ret, mask, source=f"planted_ipca({N}x{T}x{C}, K={K}, seed={seed})")
 
 
 def total_r2(panel: Panel, fitted: np.ndarray) -> float:

@@ -22,12 +22,7 @@ def tiny_panel() -> Panel:
     ret = (0.5 * chars[:, :, 0] + 0.2) * f[:, None] + 0.05 * rng.standard_normal((T, N))
     mask = rng.uniform(size=(T, N)) > 0.15
     chars[:, :, 2][5] = 0.0  # a characteristic missing for a whole month
-    return Panel(
-        chars=chars, ret=np.where(mask, ret, 0).astype(np.float32), mask=mask,
-        dates=np.datetime64("2000-01", "M") + np.arange(T),
-        ids=np.array([f"s{i}" for i in range(N)]), char_names=tuple(f"c{i}" for i in range(C)),
-        source="tiny",
-    )
+    return Panel.from_arrays(chars, ret, mask, source="tiny")
 
 
 def small_config(name: str) -> dict:

@@ -25,12 +25,7 @@ def tiny_panel(seed: int = 0) -> Panel:
     f = 0.01 + 0.08 * rng.standard_normal(T)
     ret = (0.6 * chars[:, :, 0] + 0.2) * f[:, None] + 0.03 * rng.standard_normal((T, N))
     mask = rng.uniform(size=(T, N)) > 0.15
-    return Panel(
-        chars=chars, ret=np.where(mask, ret, 0).astype(np.float32), mask=mask,
-        dates=np.datetime64("2000-01", "M") + np.arange(T),
-        ids=np.array([f"s{i}" for i in range(N)]), char_names=tuple(f"c{i}" for i in range(C)),
-        source="tiny",
-    )
+    return Panel.from_arrays(chars, ret, mask, source="tiny")
 
 
 def built(seed: int = 0, **over):

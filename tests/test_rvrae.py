@@ -29,11 +29,7 @@ def planted_panel(seed: int = 0) -> Panel:
     beta = np.stack([1 + 0.5 * chars[..., 0], chars[..., 1]], -1)
     ret = np.einsum("tnk,tk->tn", beta, f) + 0.05 * rng.standard_normal((T, N))
     mask = rng.uniform(size=(T, N)) > 0.2
-    return Panel(
-        chars=chars, ret=np.where(mask, ret, 0).astype(np.float32), mask=mask,
-        dates=np.datetime64("2000-01", "M") + np.arange(T),
-        ids=np.array([f"s{i}" for i in range(N)]), char_names=tuple(f"c{i}" for i in range(C)),
-    )
+    return Panel.from_arrays(chars, ret, mask)
 
 
 def fitted(panel: Panel, **over) -> RVRAE:

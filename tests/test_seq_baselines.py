@@ -27,12 +27,7 @@ def planted_panel(seed: int = 0) -> Panel:
     mask = rng.uniform(size=(T, N)) > 0.1
     chars[np.arange(T) < 3, :5] = 0.0  # a few stocks not listed yet (all-zero windows)
     mask[np.arange(T) < 3, :5] = False
-    return Panel(
-        chars=chars, ret=np.where(mask, ret, 0).astype(np.float32), mask=mask,
-        dates=np.datetime64("2000-01", "M") + np.arange(T),
-        ids=np.array([f"s{i}" for i in range(N)]), char_names=tuple(f"c{i}" for i in range(C)),
-        source="planted",
-    )
+    return Panel.from_arrays(chars, ret, mask, source="planted")
 
 
 def fitted(name: str, panel: Panel, seed: int = 0, **over):

@@ -32,6 +32,24 @@ class Panel:
     source: str = ""  # where it came from (file path or "synthetic(...)"), for provenance
     meta: dict = field(default_factory=dict)  # e.g. the synthetic oracle
 
+    @classmethod
+    def from_arrays(
+        cls, chars: np.ndarray, ret: np.ndarray, mask: np.ndarray, source: str = "arrays",
+        start: str = "2000-01",
+    ) -> Panel:
+        """A panel from preprocessed arrays (tests, benchmarks, users with their own
+        pipeline): ret is zeroed where mask is False; months start at `start`; ids s0.. and
+        characteristic names c0.. are generated."""
+        T, N, C = chars.shape
+        mask = np.asarray(mask, dtype=bool)
+        return cls(
+            chars=np.asarray(chars, dtype=np.float32),
+            ret=np.where(mask, ret, 0).astype(np.float32), mask=mask,
+            dates=np.datetime64(start, "M") + np.arange(T),
+            ids=np.array([f"s{i}" for i in range(N)]), char_names=tuple(f"c{i}" for i in range(C)),
+            source=source,
+        )
+
     @property
     def T(self) -> int:
         return self.chars.shape[0]
