@@ -157,13 +157,9 @@ def long_short(r_hat, ret, mask, cost: float = COST, min_stocks: int = MIN_STOCK
 
 
 def sharpe(x) -> float:
-    """Annualised Sharpe ratio of monthly excess returns: mean / std (ddof 1) · √12."""
-    x = _f64(x)
-    x = x[np.isfinite(x)]
-    if len(x) < 2:
-        return math.nan
-    sd = x.std(ddof=1)
-    return float(x.mean() / sd * math.sqrt(12)) if sd > 0 else math.nan
+    """Annualised Sharpe ratio of monthly excess returns: mean / std (ddof 1) · √12 — the
+    same mean-over-std as `icir`, over the non-NaN months, annualised."""
+    return icir(x) * math.sqrt(12)
 
 
 def coverage(ret, r_hat, r_std, mask, level: float = 0.9) -> float:
