@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 DEMO_M = [50, 100, 150]
 # A smaller planted panel than the default (252 months x 300 stocks): 10 years split 6/2/2,
 # still > 150 stocks with both a training and a test month, so m = 150 can be omitted.
@@ -36,9 +38,9 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 4, 
     import ray
     from rich.console import Console
 
-    from rvrae.data.synthetic import SynthConfig, make_synthetic
+    from rvrae.data.synthetic import SynthConfig, make_synthetic, oracle_scores
     from rvrae.models.registry import model_names
-    from rvrae.results.render import render_tables
+    from rvrae.results.render import print_oracle, render_tables
     from rvrae.results.store import read_results
     from rvrae.results.tables import build_tables
     from rvrae.study.runner import StudyOptions, connect, run_study
@@ -49,7 +51,11 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 4, 
                 resume=True, address="local", split=DEMO_SPLIT,
                 configs={k: v for k, v in DEMO_CONFIGS.items() if k in models})
     plans = [StudyOptions(study="benchmark", m=[0], **base), StudyOptions(study="robustness", m=DEMO_M, **base)]
-    panel = make_synthetic(SynthConfig(**DEMO_SYNTH)).panel
+    synth = make_synthetic(SynthConfig(**DEMO_SYNTH))
+    panel = synth.panel
+    # The truth to read the tables against: the oracle scored on the demo split's test years.
+    synth.oracle.test_months = np.arange(panel.T - 12 * DEMO_SPLIT[2], panel.T)
+    synth.oracle.scores = oracle_scores(panel, synth.oracle)
     t0 = time.time()
     started = connect("local", verbose)
     written = {}
@@ -66,4 +72,5 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 4, 
         text = render_tables(tables, "rich", console=console)
         if text:
             console.print(text)
+    print_oracle(synth, console)
     return written
