@@ -37,8 +37,9 @@ def planted_ipca_panel(
 
 def total_r2(panel: Panel, fitted: np.ndarray) -> float:
     """Uncentred pooled R² over the live stock-months (SPEC §4), float64."""
-    r = panel.ret.astype(np.float64)[panel.mask]
-    return float(1.0 - ((r - fitted[panel.mask]) ** 2).sum() / (r**2).sum())
+    from rvrae.metrics import r2
+
+    return r2(panel.ret, fitted, panel.mask)
 
 
 def peer_fit(panel: Panel, K: int, max_iter: int = 10_000, tol: float = 1e-5,

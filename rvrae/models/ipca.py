@@ -186,16 +186,10 @@ class IPCA(FactorModel):
         return instruments(chars, self.config.constant) @ self.gamma_
 
     def realised_factors(self, panel: Panel, months: np.ndarray) -> np.ndarray:
-        """f_t = (ΓᵀZ_tᵀZ_tΓ)⁻¹ΓᵀZ_tᵀr_t over the month's live stocks (SPEC §3.2): [t, K]."""
-        out = np.empty((len(months), self.gamma_.shape[1]))
-        for s in range(0, len(months), CHUNK):
-            mm = months[s : s + CHUNK]
-            m = panel.mask[mm].astype(np.float64)  # [t, N]
-            X = self.betas(panel.chars[mm]) * m[..., None]  # [t, N, K]
-            M = X.transpose(0, 2, 1) @ X  # [t, K, K]
-            rhs = np.einsum("tnk,tn->tk", X, panel.ret[mm] * m)[..., None]
-            out[s : s + CHUNK] = np.linalg.solve(M + _ridge_eye(M, self.config.ridge), rhs)[..., 0]
-        return out
+        """f_t = (ΓᵀZ_tᵀZ_tΓ)⁻¹ΓᵀZ_tᵀr_t over the month's live stocks (SPEC §3.2): [t, K] —
+        the ALS factor step on the months' managed-portfolio moments."""
+        A, b, _, _ = moments(*_rows(panel, months), self.config.constant)
+        return factor_step(self.gamma_, A, b, self.config.ridge)
 
     def predict(self, panel: Panel, months: np.ndarray | None = None) -> Forecast:
         months = panel.target_months if months is None else np.asarray(months)
