@@ -114,8 +114,11 @@ NODE_LOSS = textwrap.dedent(
 
     threading.Thread(target=kill_worker, daemon=True).start()
     try:
+        # "slow" (test-only fault): each trial takes >= 1 s, so cells are still left when the
+        # worker goes, however fast the machine runs IPCA.
         opts = StudyOptions(study="robustness", models=["ipca"], seeds=6, m=[10], split=(3, 1, 1),
-                            out=out, address=cluster.address, max_failures=3)
+                            out=out, address=cluster.address, max_failures=3,
+                            faults={"ipca": "slow"})
         run = run_study(opts, panel=load_data(sys.argv[1]))
         print("rows", len(run.rows), "max_concurrent", run.max_concurrent, flush=True)
     finally:

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 RESERVED = ("model", "seed", "m", "hp", "epochs", "split", "cpus", "objective", "fault", "cell")
-FAULTS = ("raise", "nan", "flaky")
+FAULTS = ("raise", "nan", "flaky", "slow")
 
 
 def flat(config: dict) -> dict:
@@ -95,7 +95,8 @@ def inject_fault(kind: str | None, train):
     "raise" fails the trial outright; "nan" poisons the training returns, so a neural model's
     loss turns NaN (FloatingPointError in rvrae.train) and any other model's forecast does;
     "flaky" fails the trial's first attempt only (a marker in its trial dir), so Tune's retry
-    (FailureConfig) succeeds."""
+    (FailureConfig) succeeds; "slow" holds the trial for a second, so a fault scenario (a node
+    removed mid-study) is sure to find trials still to run."""
     if kind is None:
         return train
     if kind == "raise":
@@ -110,6 +111,9 @@ def inject_fault(kind: str | None, train):
         return train
     if kind == "nan":
         return dataclasses.replace(train, ret=np.full_like(train.ret, np.nan))
+    if kind == "slow":
+        time.sleep(1.0)
+        return train
     raise ValueError(f"unknown fault {kind!r}")
 
 
