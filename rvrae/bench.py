@@ -6,7 +6,7 @@
 
 prints one JSON line: seconds_per_epoch, peak_rss_mb, n_stocks, n_months, n_chars, model, ...
 The speed study calls `epoch_benchmark` in a fresh subprocess per model, so that peak RSS
-(`ru_maxrss`, the high-water mark of the whole process) belongs to that model alone.
+(`peak_rss_mb`, the high-water mark of the process) belongs to that model alone.
 """
 
 from __future__ import annotations
@@ -35,6 +35,21 @@ def random_panel(
     mask = rng.uniform(size=(n_months, n_stocks)) < alive
     ret = (0.1 * rng.standard_normal((n_months, n_stocks))).astype(np.float32)
     return Panel.from_arrays(chars, ret, mask, source="bench(random)")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM of /proc/self/status, the high-water
+    mark of its own address space. Not `ru_maxrss`: Linux carries that across fork + exec, so
+    a subprocess of a large parent would report the parent's size (every model 626 MB in a
+    quick speed run). `ru_maxrss` only where /proc is missing."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def epoch_benchmark(
@@ -88,7 +103,7 @@ def epoch_benchmark(
         "seconds_per_epoch": seconds / max(1, ran),
         "fit_seconds": seconds,
         "epochs": ran,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # KiB on Linux
+        "peak_rss_mb": peak_rss_mb(),
         "n_stocks": n_stocks,
         "n_months": n_months,
         "n_chars": n_chars,

@@ -8,7 +8,7 @@ import pytest
 from rvrae.cli import main
 from rvrae.errors import UserError
 from rvrae.results.store import read_results
-from rvrae.study.speed import Sizes, loglog_slope, met, run_speed, summarise
+from rvrae.study.speed import Grid, Sizes, inprocess_cold_wall, loglog_slope, met, run_speed, summarise
 
 
 def test_loglog_slope_recovers_the_exponent():
@@ -27,6 +27,11 @@ def test_verdicts_follow_the_targets():
     assert met("f rvrae demo", {"seconds": 200.0}) == "met"
     assert met("f rvrae demo --seeds 1", {"seconds": 200.0}) == ""  # reduced demo: no target
     assert met("e slope", {"slope": 3.0}) == ""
+    verdict, context = Grid("built-in panel", {}, epochs=8), Grid("demo", {}, verdict=False)
+    assert verdict.label() == "12 trials, built-in panel, 8 ep"
+    assert met("c tune/in-process, " + verdict.label(), {"ratio": 1.2}) == "missed"
+    assert met("c tune/in-process, " + context.label(), {"ratio": 1.2}) == ""  # context: no target
+    assert met("d speed-up, " + context.label(), {"ratio": 1.2}) == ""
 
 
 def test_summary_takes_medians_per_case_and_model():
@@ -62,3 +67,26 @@ def test_bad_cases_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="--repeats"):
         run_speed("a", out=tmp_path, repeats=0)
     assert not any(tmp_path.iterdir())
+
+
+def test_in_process_reference_runs_in_a_new_process_without_ray():
+    """Case c's reference: a fresh interpreter that imports torch inside the clock (the child
+    refuses a torch imported earlier) and never starts Ray (the child refuses that too)."""
+    g = Grid("tiny", dict(n_stocks=40, n_months=60, n_chars=4), split=(3, 1, 1), epochs=1, seeds=1,
+             models=("ipca", "ca"))  # fmt: skip
+    seconds = inprocess_cold_wall(g)
+    assert math.isfinite(seconds) and seconds > 0
+
+
+def test_peak_rss_of_a_subprocess_is_its_own_not_the_parents():
+    """Linux carries ru_maxrss across fork + exec: a benchmark child of a large parent must
+    still report its own peak (VmHWM), or case b's memory target would check the parent."""
+    import numpy as np
+
+    from rvrae.bench import peak_rss_mb
+    from rvrae.study.speed import bench_subprocess
+
+    ballast = np.ones((100, 1024, 1024))  # 800 MB touched in this (the parent) process
+    child = bench_subprocess("ipca", dict(n_stocks=30, n_months=28, n_chars=4), 1, 1)["peak_rss_mb"]
+    assert peak_rss_mb() > 800 and child < peak_rss_mb() - 600, (child, peak_rss_mb())
+    del ballast

@@ -9,7 +9,8 @@ Cases (medians over repeats):
   b  every model at paper scale: seconds per epoch and peak RSS, one subprocess per model
      (`python -m rvrae.bench`); ratio = sec/epoch ÷ RVRAE's (target RSS ≤ 2 GB)
   c  harness overhead: 12 short trials through Ray Tune (`run_study`, 1 concurrent trial) vs
-     the same trials called in-process one after another (target Tune/in-process ≤ 1.10)
+     the same trials called one after another in a new Python process (target ≤ 1.10);
+     `Grid` says which trials, BUILTIN_GRID is held to the target, CONTEXT_GRIDS are shorter
   d  concurrency: the same grid through Tune with 1 vs 2 concurrent trials (target ≥ 1.7×)
   e  scaling: fit time vs stocks for RVRAE and IPCA; log-log slope of time on N
   f  `rvrae demo` wall time in a subprocess (target ≤ 300 s)
@@ -268,7 +269,12 @@ def cold_child(spec: str) -> None:
     panel = grid_panel(g)
     if "torch" in sys.modules:  # the clock must see torch's import, as a new actor does
         raise RuntimeError("torch was imported before the in-process reference started")
-    print(json.dumps({"seconds": inprocess_wall(g, panel)}))
+    seconds = inprocess_wall(g, panel)
+    import ray
+
+    if ray.is_initialized():  # a trial that starts Ray would time Ray's start, not the loop
+        raise RuntimeError("the in-process reference started Ray")
+    print(json.dumps({"seconds": seconds}))
 
 
 def case_cd(s: Sizes, cases: str = "cd"):
@@ -381,7 +387,7 @@ def _ok(flag: bool) -> str:
     return "met" if flag else "missed"
 
 
-VALUE_COLUMNS = ("ratio", "ratio_median5", "ratio_warm", "seconds", "ref_seconds", "ref_warm_seconds", "peak_rss_mb", "delta_r2", "slope", "load1")
+VALUE_COLUMNS = ("ratio", "ratio_median5", "ratio_warm", "seconds", "ref_seconds", "peak_rss_mb", "delta_r2", "slope", "load1")
 
 
 def summarise(rows: list[dict]):
@@ -406,7 +412,8 @@ def render_summary(summary, console=None) -> None:
     t = Table(title="Speed study (medians over repeats)")
     cols = [c for c in VALUE_COLUMNS if c in summary.columns and summary[c].notna().any()]
     for c in ("case", "model", *cols, "n", "target", "verdict"):
-        t.add_column(c, justify="left" if c in ("case", "model", "target", "verdict") else "right")
+        t.add_column(c, justify="left" if c in ("case", "model", "target", "verdict") else "right",
+                     min_width=40 if c == "case" else None)  # fmt: skip
     for _, r in summary.iterrows():
         cells = [str(r["case"]), str(r["model"])]
         cells += [f"{r[c]:.4g}" if isinstance(r[c], float) and math.isfinite(r[c]) else "–" for c in cols]
