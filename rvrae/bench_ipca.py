@@ -81,19 +81,25 @@ def ours_fit(panel: Panel, K: int, max_iter: int = 10_000, tol: float = 1e-5,
 
 
 def ipca_benchmark(
-    n_stocks: int = 2000, n_months: int = 180, n_chars: int = 46, K: int = 5, seed: int = 0
+    n_stocks: int = 2000, n_months: int = 180, n_chars: int = 46, K: int = 5, seed: int = 0,
+    fits: int = 3,
 ) -> dict:
     """Fit time of our IPCA vs the reference on one planted panel, at the same tolerance.
-    Both are warmed up first (the peer JIT-compiles with numba), so times are steady state."""
+    Both are warmed up first (the peer JIT-compiles with numba), then each side fits the panel
+    `fits` times and its time is the median: ours takes well under 0.1 s, so one fit alone is
+    at the mercy of a load spike on a shared machine (single fits here varied 0.07-0.10 s)."""
     warm = planted_ipca_panel(50, 12, 6, 1, seed)
     peer_fit(warm, 1, max_iter=3)
     ours_fit(warm, 1, max_iter=3)
     panel = planted_ipca_panel(n_stocks, n_months, n_chars, K, seed)
-    fit_ours, t_ours, model = ours_fit(panel, K)
-    fit_peer, t_peer = peer_fit(panel, K)
+    ours = [ours_fit(panel, K) for _ in range(fits)]
+    peer = [peer_fit(panel, K) for _ in range(fits)]
+    (fit_ours, _, model), (fit_peer, _) = ours[0], peer[0]
+    t_ours = float(np.median([o[1] for o in ours]))
+    t_peer = float(np.median([p[1] for p in peer]))
     return {
         "n_stocks": n_stocks, "n_months": n_months, "n_chars": n_chars, "K": K, "seed": seed,
-        "time_ours": t_ours, "time_peer": t_peer, "ratio": t_peer / t_ours,
+        "time_ours": t_ours, "time_peer": t_peer, "ratio": t_peer / t_ours, "fits": fits,
         "r2_ours": total_r2(panel, fit_ours), "r2_peer": total_r2(panel, fit_peer),
         "iters_ours": model.n_iter_,
         "fitted_corr": float(np.corrcoef(fit_ours[panel.mask], fit_peer[panel.mask])[0, 1]),

@@ -105,6 +105,7 @@ def test_moments_ignore_dead_stocks():
     A, b, rr, n = moments(panel.chars, panel.ret + 5.0 * ~panel.mask, panel.mask)
     t = 2
     Z, r = panel.chars[t][panel.mask[t]].astype(np.float64), panel.ret[t][panel.mask[t]]
-    np.testing.assert_allclose(A[t], Z.T @ Z, rtol=1e-10)
-    np.testing.assert_allclose(b[t], Z.T @ r, rtol=1e-6)
-    assert n[t] == panel.mask[t].sum() and rr[t] == pytest.approx((r.astype(float) ** 2).sum())
+    # The Gram is accumulated in float32 (the panel's precision): agreement to float32's ~1e-7.
+    np.testing.assert_allclose(A[t], Z.T @ Z, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b[t], Z.T @ r, rtol=1e-5, atol=1e-6)
+    assert n[t] == panel.mask[t].sum() and rr[t] == pytest.approx((r.astype(float) ** 2).sum(), rel=1e-5)
