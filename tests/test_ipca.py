@@ -109,3 +109,12 @@ def test_moments_ignore_dead_stocks():
     np.testing.assert_allclose(A[t], Z.T @ Z, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(b[t], Z.T @ r, rtol=1e-5, atol=1e-6)
     assert n[t] == panel.mask[t].sum() and rr[t] == pytest.approx((r.astype(float) ** 2).sum(), rel=1e-5)
+
+
+def test_moments_do_not_depend_on_the_thread_count():
+    """The month chunks are shared over threads, each month one BLAS call: same bits."""
+    panel = planted_ipca_panel(60, 30, 5, 2, seed=1)
+    one = moments(panel.chars, panel.ret, panel.mask, True, threads=1)
+    for threads in (2, 3):
+        for a, b in zip(one, moments(panel.chars, panel.ret, panel.mask, True, threads=threads)):
+            np.testing.assert_array_equal(a, b)
