@@ -18,10 +18,13 @@ def test_loglog_slope_recovers_the_exponent():
 
 
 def test_verdicts_follow_the_targets():
-    assert met("a ipca", {"ratio": 31.0, "delta_r2": 5e-5}) == "met"
-    assert met("a ipca", {"ratio": 31.0, "delta_r2": 2e-4}) == "missed"  # fast but wrong
-    assert met("a ipca", {"ratio": 29.0, "delta_r2": 0.0}) == "missed"
-    assert met("b epoch", {"peak_rss_mb": 2100.0}) == "missed"
+    a, b = "a ipca/peer 2000x180x46 K=5", "b epoch 5682x252x46"
+    assert met(a, {"ratio": 31.0, "delta_r2": 5e-5}) == "met"
+    assert met(a, {"ratio": 31.0, "delta_r2": 2e-4}) == "missed"  # fast but wrong
+    assert met(a, {"ratio": 29.0, "delta_r2": 0.0}) == "missed"
+    assert met("a ipca/peer 500x60x46 K=5", {"ratio": 19.0, "delta_r2": 0.0}) == ""  # --quick size
+    assert met(b, {"peak_rss_mb": 2100.0}) == "missed" and met(b, {"peak_rss_mb": 1600.0}) == "met"
+    assert met("b epoch 500x84x46", {"peak_rss_mb": 2100.0}) == ""
     assert met("c tune", {"ratio": 1.05}) == "met" and met("c tune", {"ratio": 1.2}) == "missed"
     assert met("d speed-up", {"ratio": 1.8}) == "met" and met("d speed-up", {"ratio": 1.2}) == "missed"
     assert met("f rvrae demo", {"seconds": 200.0}) == "met"
@@ -37,11 +40,11 @@ def test_verdicts_follow_the_targets():
 def test_summary_takes_medians_per_case_and_model():
     rows = [dict(case="c x", model="harness", target="", ratio=r, seconds=s)
             for r, s in ((1.0, 10.0), (3.0, 30.0), (1.2, 12.0))]  # fmt: skip
-    rows.append(dict(case="b y", model="ipca", target="", ratio=0.5, seconds=1.0, peak_rss_mb=3000.0))
+    rows.append(dict(case="b 5682x252x46", model="ipca", target="", ratio=0.5, seconds=1.0, peak_rss_mb=3000.0))
     s = summarise(rows).set_index(["case", "model"])
     assert s.loc[("c x", "harness"), "ratio"] == pytest.approx(1.2)
     assert s.loc[("c x", "harness"), "n"] == 3 and s.loc[("c x", "harness"), "verdict"] == "missed"
-    assert s.loc[("b y", "ipca"), "verdict"] == "missed" and math.isnan(s.loc[("c x", "harness"), "peak_rss_mb"])
+    assert s.loc[("b 5682x252x46", "ipca"), "verdict"] == "missed" and math.isnan(s.loc[("c x", "harness"), "peak_rss_mb"])
 
 
 def test_tiny_run_writes_rows_the_table_renders(tmp_path, capsys):

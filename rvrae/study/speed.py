@@ -362,6 +362,9 @@ def case_f(s: Sizes) -> list[dict]:
 def met(case: str, med: dict) -> str:
     """'met' / 'missed' / '' (no target) for one case's medians."""
     k = case[0]
+    # Targets hold at the issue's sizes only: the --quick run's reduced cases get no verdict.
+    if k == "a" and "2000x180x46 K=5" not in case or k == "b" and "5682x252x46" not in case:
+        return ""
     if k == "a":
         return _ok(med.get("ratio", math.nan) >= 30 and abs(med.get("delta_r2", math.nan)) <= 1e-4)
     if k == "b":
