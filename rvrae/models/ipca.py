@@ -22,7 +22,6 @@ factor (ΓᵀZ_tᵀZ_tΓ)⁻¹ΓᵀZ_tᵀr_t (SPEC §3.2) and f_prior its prevai
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,14 +58,6 @@ def instruments(chars: np.ndarray, constant: bool) -> np.ndarray:
     return np.concatenate([np.ones_like(z[..., :1]), z], -1) if constant else z
 
 
-def cpu_threads() -> int:
-    """Threads this process may use: its CPU affinity, capped by OMP_NUM_THREADS when set
-    (Ray sets it to a trial's CPUs; the speed study to its thread count)."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    return max(1, min(n, int(omp))) if omp.isdigit() and int(omp) > 0 else max(1, n)
-
-
 def moments(
     chars: np.ndarray, ret: np.ndarray, mask: np.ndarray, constant: bool = False,
     threads: int | None = None,
@@ -78,7 +69,8 @@ def moments(
     All four come from ONE Gram matrix per month, G_t = X_tᵀX_t with X_t = [1, Z_t, r_t] masked
     to the live stocks ([N, C+2]), batched over CHUNK months in a reused buffer: one pass over
     the characteristics and one matmul. The chunks are shared out over `threads` threads
-    (default `cpu_threads()`) with BLAS held to one thread each: OpenBLAS's own threading
+    (default torch's thread count, the one knob the harness sets to a trial's CPUs for every
+    model) with BLAS held to one thread each: OpenBLAS's own threading
     barely helps these 48 × N products, two chunk threads run 1.75× one on 2 cores. Every
     month's Gram is the same BLAS call whatever the thread count, so results do not change.
 
@@ -96,7 +88,11 @@ def moments(
     D = c + C + 1
     G = np.empty((T, D, D), np.float32)
     starts = range(0, T, CHUNK)  # chunks of months, never stocks
-    threads = max(1, min(threads or cpu_threads(), len(starts)))
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    threads = max(1, min(threads, len(starts)))
 
     def work(part: int) -> None:
         buf = np.empty((min(CHUNK, T), N, D), np.float32)

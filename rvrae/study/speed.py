@@ -147,11 +147,20 @@ def torch_threads(n: int):
 # ---------------------------------------------------------------- a: IPCA vs the peer
 
 
+def a_size(ipca: tuple) -> str:
+    N, T, C, K = ipca
+    return f"{N}x{T}x{C} K={K}"
+
+
+def b_size(z: dict) -> str:
+    return f"{z['n_stocks']}x{z['n_months']}x{z['n_chars']}"
+
+
 def case_a(s: Sizes) -> list[dict]:
     from rvrae.bench_ipca import ipca_benchmark
 
     N, T, C, K = s.ipca
-    case = f"a ipca/peer {N}x{T}x{C} K={K}"
+    case = f"a ipca/peer {a_size(s.ipca)}"
     rows = []
     for rep in range(s.repeats):
         r = ipca_benchmark(N, T, C, K, seed=rep)  # each side: median of 3 fits of the panel
@@ -168,16 +177,21 @@ def bench_subprocess(model: str, sizes: dict, epochs: int, threads: int, timeout
     cmd = [sys.executable, "-m", "rvrae.bench", "--model", model, "--stocks", str(sizes["n_stocks"]),
            "--months", str(sizes["n_months"]), "--chars", str(sizes["n_chars"]),
            "--epochs", str(epochs), "--threads", str(threads)]  # fmt: skip
+    return json_subprocess(cmd, threads, f"rvrae.bench --model {model}", timeout)
+
+
+def json_subprocess(cmd: list[str], threads: int, what: str, timeout: float = 3600) -> dict:
+    """Run `cmd` in a fresh process held to `threads` threads; the JSON of its last line."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if p.returncode != 0:
-        raise RuntimeError(f"rvrae.bench --model {model} failed: {p.stderr.strip()[-500:]}")
+        raise RuntimeError(f"{what} failed: {p.stderr.strip()[-500:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def case_b(s: Sizes) -> list[dict]:
     z, models = s.bench, s.bench_models
-    case = f"b epoch {z['n_stocks']}x{z['n_months']}x{z['n_chars']}"
+    case = f"b epoch {b_size(z)}"
     # One pass, whatever --repeats says: at paper scale one epoch of a sequence model is minutes.
     secs = {m: bench_subprocess(m, z, s.bench_epochs, s.threads) for m in models}
     ref = secs["rvrae"]["seconds_per_epoch"] if "rvrae" in secs else math.nan
@@ -249,12 +263,8 @@ def inprocess_cold_wall(g: Grid) -> float:
     which import torch and pay its first-use costs; so does this reference. The panel is built
     before the clock starts: the Tune side gets it ready-made too."""
     code = "import sys; from rvrae.study.speed import cold_child; cold_child(sys.argv[1])"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    spec = json.dumps(dataclasses.asdict(g))
-    p = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env, timeout=3600)
-    if p.returncode != 0:
-        raise RuntimeError(f"in-process reference failed: {p.stderr.strip()[-500:]}")
-    return float(json.loads(p.stdout.strip().splitlines()[-1])["seconds"])
+    cmd = [sys.executable, "-c", code, json.dumps(dataclasses.asdict(g))]
+    return float(json_subprocess(cmd, 1, "in-process reference")["seconds"])
 
 
 def cold_child(spec: str) -> None:
@@ -363,7 +373,8 @@ def met(case: str, med: dict) -> str:
     """'met' / 'missed' / '' (no target) for one case's medians."""
     k = case[0]
     # Targets hold at the issue's sizes only: the --quick run's reduced cases get no verdict.
-    if k == "a" and "2000x180x46 K=5" not in case or k == "b" and "5682x252x46" not in case:
+    full = Sizes.full()
+    if k == "a" and a_size(full.ipca) not in case or k == "b" and b_size(full.bench) not in case:
         return ""
     if k == "a":
         return _ok(med.get("ratio", math.nan) >= 30 and abs(med.get("delta_r2", math.nan)) <= 1e-4)
