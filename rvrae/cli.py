@@ -72,14 +72,20 @@ def table(
     study: Optional[str] = typer.Option(None, help="tune, benchmark, robustness or speed (default: all present)"),
     fmt: str = typer.Option("rich", "--format", help="rich, markdown, latex or csv"),
     metrics: Optional[str] = typer.Option(None, help="comma-separated metric columns (custom table)"),
+    identity: Optional[int] = typer.Option(
+        None, help="show only study identity N (data, split, epochs, objective) when the folder holds several"
+    ),
 ):
-    """Paper-style mean(std) tables over seeds from a results folder."""
+    """Paper-style mean(std) tables over seeds from a results folder, one set per study
+    identity, each saying under it what produced it."""
     from rvrae.results.render import render_tables
     from rvrae.results.store import read_results
-    from rvrae.results.tables import build_tables
+    from rvrae.results.tables import build_tables, one_identity_per_study
 
     df = read_results(directory, study=study)
-    tables = build_tables(df, study=study, metrics=metrics.split(",") if metrics else None)
+    if fmt == "csv" and identity is None:
+        one_identity_per_study(df, "one csv")
+    tables = build_tables(df, study=study, metrics=metrics.split(",") if metrics else None, identity=identity)
     text = render_tables(tables, fmt, console=console)
     if text:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from rvrae.cli import main
 from rvrae.errors import UserError
+from rvrae.identity import StudyIdentity
 from rvrae.results.render import print_oracle, print_panel_info, render_tables
 from rvrae.results.store import (
     RESULT_COLUMNS, cell_key, existing_cells, provenance, read_results, write_row,
@@ -25,6 +26,7 @@ from rvrae.results.store import (
 from rvrae.results.tables import build_tables, long_table
 
 SEEDS = range(4)
+IDENT = StudyIdentity("f00dfeed12345678", "panel.parquet", (15, 3, 3), 4, code_version="abc123").columns()
 BENCH = {
     "rvrae": dict(r2_total=[.19, .21, .19, .21], r2_pred=[.014, .016, .014, .016],
                   sharpe=[2.0, 2.2, 2.0, 2.2], sharpe_net=[1.9, 2.1, 1.9, 2.1]),
@@ -49,9 +51,9 @@ def results_dir(tmp_path_factory):
             write_row(d, dict(study="benchmark", model=model, seed=s, m=0, trial_id=f"{model}-s{s}",
                               config={"lr": 1e-3, "hidden": 16}, **{k: v[s] for k, v in cols.items()},
                               ls_gross=g, ls_net=g - 0.001, ls_dates=[f"{2020 + i // 12}-{i % 12 + 1:02d}" for i in range(24)],
-                              **prov))  # fmt: skip
+                              **prov, **IDENT))  # fmt: skip
     write_row(d, dict(study="benchmark", model="ipca", seed=9, m=0, trial_id="ipca-s9", status="error",
-                      error="ValueError: boom", r2_total=99.0, config={}))  # fmt: skip
+                      error="ValueError: boom", r2_total=99.0, config={"lr": 1e-3, "hidden": 16}, **IDENT))  # fmt: skip
     for model, cols in ROBUST.items():
         for m in (50, 100):
             for s in SEEDS:
@@ -85,6 +87,8 @@ GOLDEN_MD = """\
 
 Out-of-sample total R² (eq. 32) and predictive R² (eq. 33), in percent. Mean (std) over seeds; n = seeds; best per column in bold. * = paired t-test over seeds vs RVRAE (scipy.stats.ttest_rel, two-sided), p < 0.05.
 
+Produced by: data panel.parquet (fingerprint f00dfeed); split 15/3/3 years (train/valid/test); epochs capped at 4; configs: defaults; n = 12 trials; code abc123.
+
 **Table II: out-of-sample Sharpe ratio**
 
 | Model | Sharpe | Sharpe (30 bps) | n |
@@ -94,6 +98,8 @@ Out-of-sample total R² (eq. 32) and predictive R² (eq. 33), in percent. Mean (
 | RVRAE | 2.10(0.12) | 2.00(0.12) | 4 |
 
 Annualised Sharpe ratio of the decile long-short portfolio, without transaction costs and with 30 bps per unit of turnover. Mean (std) over seeds; n = seeds; best per column in bold. * = paired t-test over seeds vs RVRAE (scipy.stats.ttest_rel, two-sided), p < 0.05.
+
+Produced by: data panel.parquet (fingerprint f00dfeed); split 15/3/3 years (train/valid/test); epochs capped at 4; configs: defaults; n = 12 trials; code abc123.
 """
 
 GOLDEN_CSV = """\
@@ -236,7 +242,7 @@ def test_write_row_atomic_replace_and_cells(tmp_path):
     assert len(df) == 1 and df["rank_ic"].iloc[0] == 0.2 and df["study"].iloc[0] == "benchmark"
     key = cell_key({**row, "config": {"a": 2.0, "b": 1}})
     assert existing_cells(tmp_path, "benchmark") == {key}
-    assert key == ("benchmark", "ca", 3, 50, '{"a":2.0,"b":1}')
+    assert key == ("benchmark", "ca", 3, 50, '{"a":2.0,"b":1}', "", "", 0, "", "")  # no identity: ""
     assert existing_cells(tmp_path, "robustness") == set() and existing_cells(tmp_path / "no", "x") == set()
     with pytest.raises(UserError):
         write_row(tmp_path, {**row, "model": "../evil"})

@@ -21,7 +21,7 @@ import pandas as pd
 from rvrae.errors import UserError
 from rvrae.results.render import model_label
 from rvrae.results.store import read_results
-from rvrae.results.tables import TUNE_OBJECTIVE, _ok, _order_rows, tune_objective
+from rvrae.results.tables import TUNE_OBJECTIVE, ok_rows, order_rows, tune_objective
 
 
 def _series(v) -> list | None:
@@ -60,7 +60,7 @@ def _plot_long_short(ok: pd.DataFrame, plt, out: Path) -> Path | None:
         rows = rows[rows["m"] == 0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     drawn = False
-    for model in _order_rows(rows["model"].unique()):
+    for model in order_rows(rows["model"].unique()):
         sub = rows[rows["model"] == model]
         for ax, col in zip(axes, ("ls_gross", "ls_net")):
             s = _mean_series(sub, col) if col in sub.columns else None
@@ -86,7 +86,7 @@ def _plot_rank_ic_by_m(ok: pd.DataFrame, plt, out: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     g = rows.dropna(subset=["omitted_rank_ic"]).groupby(["model", "m"])["omitted_rank_ic"].agg(["mean", "std"])
-    models = _order_rows(g.index.get_level_values(0).unique())
+    models = order_rows(g.index.get_level_values(0).unique())
     for i, model in enumerate(models):
         s = g.loc[model]
         offset = (i - (len(models) - 1) / 2) * 0.01 * max(1, np.ptp(s.index.to_numpy()))  # un-overlap bars
@@ -106,7 +106,7 @@ def _plot_tune_history(ok: pd.DataFrame, plt, out: Path) -> Path | None:
         return None
     best_so_far = np.maximum.accumulate if mode == "max" else np.minimum.accumulate
     fig, ax = plt.subplots(figsize=(7, 4))
-    for model in _order_rows(rows["model"].unique()):
+    for model in order_rows(rows["model"].unique()):
         sub = rows[rows["model"] == model].dropna(subset=[objective])
         if "started_at" in sub.columns and (sub["started_at"] != "").all():
             sub = sub.sort_values(["started_at", "trial_id"])
@@ -135,7 +135,7 @@ def make_plots(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = _ok(read_results(results_dir))
+    ok = ok_rows(read_results(results_dir))
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

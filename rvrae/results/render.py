@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from rvrae.errors import UserError
-from rvrae.results.tables import Table, _base
+from rvrae.results.tables import Table, base_metric
 
 FORMATS = ("rich", "markdown", "latex", "csv")
 MODEL_LABELS = {"ipca": "IPCA", "ca": "CA", "factorvae": "FactorVAE", "alstm": "ALSTM",
@@ -43,7 +43,7 @@ _PREFIX = {"valid_": ("valid ", "valid "), "omitted_": ("omitted ", "omitted ")}
 
 
 def _decimals(metric: str) -> int | None:
-    b = _base(metric)
+    b = base_metric(metric)
     if b.startswith("r2") or b.startswith("sharpe") or b == "turnover":
         return 2
     if b in METRIC_LABELS:
@@ -136,7 +136,7 @@ def _markdown(table: Table) -> str:
             texts.append(f"**{t}**" if c["best"] else t)
         ex = [table.extra[e].get(r, "") for e in extra]
         lines.append("| " + " | ".join([model_label(r)] + texts + [_n_text(cells)] + ex) + " |")
-    lines += ["", table.caption]
+    lines += ["", table.caption] + (["", table.footer] if table.footer else [])
     return "\n".join(lines) + "\n"
 
 
@@ -154,7 +154,7 @@ def _latex(table: Table) -> str:
     ncols = 1 + len(table.cells) + 1 + len(extra)
     spec = "l" + "r" * (len(table.cells) + 1) + "l" * len(extra)
     out = [r"\begin{table}[htbp]", r"\centering",
-           rf"\caption{{{_tex_escape(table.title)}. {_tex_escape(table.caption)}}}",
+           rf"\caption{{{_tex_escape(table.title)}. {_tex_escape(table.caption)} {_tex_escape(table.footer)}}}",
            rf"\label{{tab:{table.key or table.study}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]  # fmt: skip
     if table.by_m:
         parts, rules, col = [""], [], 2
@@ -204,7 +204,8 @@ def _csv(tables: list[Table]) -> str:
 
 # ---- rich --------------------------------------------------------------------------------
 def _rich(table: Table) -> RichTable:
-    rt = RichTable(title=table.title, caption=table.caption, caption_justify="left")
+    caption = table.caption + (f"\n{table.footer}" if table.footer else "")
+    rt = RichTable(title=table.title, caption=caption, caption_justify="left")
     rt.add_column(table.row_label, style="bold")
     for me, m in table.cells:
         rt.add_column(_header(table, me, m), justify="right")
@@ -267,7 +268,7 @@ def print_oracle(synth, console: Console) -> None:
     for k, v in scores.items():
         if v is None or not math.isfinite(float(v)):
             continue  # e.g. coverage: the oracle has no forecast distribution
-        pct = _base(k).startswith("r2")
+        pct = base_metric(k).startswith("r2")
         label = METRIC_LABELS.get(k, (k,))[0] + (" (%)" if pct else "")
         rt.add_row(label, f"{float(v) * (100 if pct else 1):.3f}")
     console.print(rt)

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rvrae.errors import UserError
+from rvrae.identity import IDENTITY_COLUMNS, key_of
 from rvrae.metrics import TEST_METRICS
 
 VALID_METRICS = tuple(f"valid_{m}" for m in TEST_METRICS)
@@ -41,12 +42,13 @@ OMITTED_METRICS = tuple(f"omitted_{m}" for m in TEST_METRICS)
 METRIC_COLUMNS = TEST_METRICS + VALID_METRICS + OMITTED_METRICS
 PROVENANCE_COLUMNS = (
     "study", "model", "seed", "m", "trial_id", "status", "error", "config", "epochs",
-    "fit_seconds", "started_at", "finished_at", "device", "hostname", "data_fingerprint",
-    "git_commit", "versions",
+    "fit_seconds", "started_at", "finished_at", "device", "hostname", *IDENTITY_COLUMNS,
+    "resolved_config", "git_commit", "versions",
 )  # fmt: skip
 RESULT_COLUMNS = PROVENANCE_COLUMNS + METRIC_COLUMNS
 _STRING_COLUMNS = ("trial_id", "status", "error", "config", "started_at", "finished_at", "device",
-                   "hostname", "data_fingerprint", "git_commit", "versions")  # fmt: skip
+                   "hostname", *(c for c in IDENTITY_COLUMNS if c != "epoch_cap"), "resolved_config",
+                   "git_commit", "versions")  # fmt: skip
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _VERSIONED = ("rvrae", "torch", "ray", "optuna", "numpy", "pandas", "pyarrow", "scipy")
 
@@ -124,6 +126,7 @@ def _flatten_row(row: dict) -> dict:
     for k in ("epochs", "fit_seconds"):
         out[k] = math.nan if out.get(k) is None else float(out[k])
     out["seed"], out["m"] = int(out["seed"]), int(out["m"])
+    out["epoch_cap"] = key_of(out)[2]
     return out
 
 
@@ -198,11 +201,14 @@ def read_results(out_dir: str | Path, study: str | None = None) -> pd.DataFrame:
 
 
 def cell_key(row: dict | pd.Series) -> tuple:
-    """(study, model, seed, m, canonical config JSON): a study cell that must exist once."""
+    """(study, model, seed, m, resolved config JSON, *study identity key): a study cell that
+    must exist once. The resolved config has every field of the model's config (defaults
+    included); rows without one (hand-written, older) fall back to their `config`."""
     get = row.get
+    config = next((c for c in (get("resolved_config"), get("config")) if isinstance(c, (str, dict)) and c), {})
     return (
         str(get("study")), str(get("model")), int(get("seed", 0)), int(get("m", 0)),
-        canonical_json(get("config") or {}),
+        canonical_json(config), *key_of(row),
     )
 
 
@@ -225,6 +231,12 @@ def _git_commit(root: Path) -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return res.stdout.strip() if res.returncode == 0 else ""
+
+
+def code_version(prov: dict | None = None) -> str:
+    """The code that produced a row: the package's git commit, else its installed version."""
+    prov = prov or provenance()
+    return prov["git_commit"][:12] or f"rvrae {prov['versions'].get('rvrae', '?')}"
 
 
 def provenance() -> dict:

@@ -10,6 +10,10 @@ Layouts (the paper's):
   numeric columns, rows = models (or the study's `case` column), columns split by m.
 
 Only rows with status == "ok" are aggregated; `n` counts the finite values of each cell.
+Rows of different study identities (rvrae.identity: data, split, epoch cap, objective) are
+never averaged together: each identity gets its own tables, and every table's `footer` says
+what produced it. Within one identity, a model run with several resolved configs shows one
+row per config, labelled by the keys that differ.
 Significance: each model's cell against RVRAE's, paired over the seeds present for both
 (values averaged per seed first), two-sided paired t-test (`scipy.stats.ttest_rel`),
 marked when p < 0.05.
@@ -17,6 +21,7 @@ marked when p < 0.05.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -26,7 +31,8 @@ import pandas as pd
 from scipy import stats
 
 from rvrae.errors import UserError
-from rvrae.results.store import METRIC_COLUMNS, PROVENANCE_COLUMNS
+from rvrae.identity import describe, key_of
+from rvrae.results.store import METRIC_COLUMNS, PROVENANCE_COLUMNS, canonical_json
 
 MODEL_ORDER = ("ipca", "ca", "factorvae", "alstm", "transformer", "rvrae")  # the paper's
 REFERENCE = "rvrae"  # significance is measured against the paper's model
@@ -37,7 +43,8 @@ TUNE_OBJECTIVE = "valid_rank_ic"  # the tune study's default objective (SPEC §5
 SIG_TEST = "paired t-test over seeds vs RVRAE (scipy.stats.ttest_rel, two-sided), p < 0.05"
 
 
-def _base(metric: str) -> str:
+def base_metric(metric: str) -> str:
+    """The metric without its valid_ / omitted_ prefix."""
     for pre in ("valid_", "omitted_"):
         if metric.startswith(pre):
             return metric[len(pre):]
@@ -45,7 +52,7 @@ def _base(metric: str) -> str:
 
 
 def lower_is_better(metric: str) -> bool:
-    b = _base(metric)
+    b = base_metric(metric)
     return b in ("turnover", "nll") or "seconds" in b or b.endswith(("_s", "_ms", "time", "memory", "_mb", "_gb"))
 
 
@@ -54,7 +61,7 @@ def best_mask(metric: str, means: pd.Series) -> pd.Series:
     v = means.astype(float)
     if not np.isfinite(v).any():
         return pd.Series(False, index=means.index)
-    if _base(metric) == "coverage90":
+    if base_metric(metric) == "coverage90":
         score = -(v - 0.9).abs()
     else:
         score = -v if lower_is_better(metric) else v
@@ -78,19 +85,20 @@ class Table:
     extra: dict[str, dict[str, str]] = field(default_factory=dict)  # text column -> row -> text
     key: str = ""  # short id (latex label, file names)
     row_label: str = "Model"  # header of the row-key column ("Case" for speed studies)
+    footer: str = ""  # what produced the rows (data, split, epochs, config source, n)
 
     @property
     def rows(self) -> list[str]:
         return list(self.frame.index)
 
 
-def _order_rows(keys) -> list[str]:
+def order_rows(keys) -> list[str]:
     keys = list(dict.fromkeys(map(str, keys)))
     known = [k for k in MODEL_ORDER if k in keys]
     return known + sorted(k for k in keys if k not in MODEL_ORDER)
 
 
-def _ok(df: pd.DataFrame) -> pd.DataFrame:
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     if "status" not in df.columns:
         return df
     return df[df["status"].fillna("ok") == "ok"]
@@ -114,7 +122,7 @@ def _aggregate(ok: pd.DataFrame, row_col: str, metrics: list[str], ms: list[int]
     # Narrow before filtering; a metric whose column was dropped as all-NaN comes back as NaN
     # (n = 0) instead of a KeyError (e.g. omitted_rank_icir with one test month).
     ok = ok.reindex(columns=list(dict.fromkeys([row_col, "seed", "m", *metrics])))
-    rows = _order_rows(ok[row_col].unique())
+    rows = order_rows(ok[row_col].unique())
     data, cells = {}, []
     for m in ms:
         sub_m = ok[ok["m"] == m]
@@ -232,7 +240,7 @@ def _tune(ok: pd.DataFrame) -> list[Table]:
         return []
     shown = [objective] + [c for c in ("rank_ic", "r2_total", "r2_pred") if _has(ok, c)]
     ok = ok[["model", *shown, *(c for c in ok.columns if c.startswith("hp_"))]]
-    rows = _order_rows(ok["model"].unique())
+    rows = order_rows(ok["model"].unique())
     data, best_cfg = {}, {}
     for metric in shown:
         mean, n = {}, {}
@@ -256,7 +264,7 @@ def _tune(ok: pd.DataFrame) -> list[Table]:
     frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["metric", "m", "field"])
     caption = (f"Best trial per model on the objective {objective} ({mode}imised) and its "
                "test metrics; n = completed trials.")  # fmt: skip
-    scale = {c: 100.0 for c in shown if _base(c).startswith("r2")}
+    scale = {c: 100.0 for c in shown if base_metric(c).startswith("r2")}
     return [Table("Tuning: best trial per model", caption, "tune", frame, [(c, 0) for c in shown],
                   scale=scale, extra={"best config": best_cfg}, key="tune")]  # fmt: skip
 
@@ -277,16 +285,84 @@ def _generic(ok: pd.DataFrame, study: str, metrics: list[str] | None) -> list[Ta
         case = ok["case"].astype(str)
         ok["row"] = case if ok["model"].nunique() == 1 else ok["model"].astype(str) + ":" + case
         row_col = "row"
-    scale = {c: 100.0 for c in metrics if _base(c).startswith("r2")}
+    scale = {c: 100.0 for c in metrics if base_metric(c).startswith("r2")}
     title = f"{study}: " + ", ".join(metrics) if len(metrics) <= 4 else f"{study}: {len(metrics)} metrics"
     caption = f"Study {study!r}" + ("; R² in percent." if scale else ".")
     return [_mean_std_table(ok, study, metrics, title, caption, study,
                             scale=scale, row_col=row_col, signif=row_col == "model")]  # fmt: skip
 
 
-def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] | None = None) -> list[Table]:
-    """Tables for one study or every study present; `metrics` asks for a custom table
-    (mean(std) of those columns, by model and m) instead of the paper layouts."""
+def identity_groups(df: pd.DataFrame) -> list[pd.DataFrame]:
+    """The rows split by study identity (rvrae.identity.key_of), in a stable order (by key).
+    Numbered from 1 in messages and in `rvrae table --identity N`."""
+    if df.empty:
+        return []
+    keys = pd.Series([key_of(r) for r in df.to_dict("records")], index=df.index)
+    return [df[keys.map(lambda k, want=k: k == want)] for k in sorted(set(keys))]
+
+
+def describe_groups(groups: list[pd.DataFrame]) -> str:
+    return "; ".join(f"[{i}] {describe(g.iloc[0])} ({len(g)} rows)" for i, g in enumerate(groups, 1))
+
+
+def select_identity(df: pd.DataFrame, identity: int | None, one: bool = False, what: str = "") -> list[pd.DataFrame]:
+    """The identity groups to show: all of them, or only number `identity`. `one`: the caller
+    can show a single group only (csv, plots): several without a choice is a UserError."""
+    groups = identity_groups(df)
+    if identity is not None:
+        if not 1 <= identity <= len(groups):
+            raise UserError(f"--identity {identity}: the results hold {len(groups)} identities: {describe_groups(groups)}")
+        return [groups[identity - 1]]
+    if one and len(groups) > 1:
+        raise UserError(f"the results hold rows of {len(groups)} study identities, which {what} must not mix; "
+                        f"choose one with --identity N: {describe_groups(groups)}")  # fmt: skip
+    return groups
+
+
+def one_identity_per_study(df: pd.DataFrame, what: str) -> None:
+    """UserError unless each study of `df` holds one identity (`what`: e.g. "csv")."""
+    for s in _order_studies(df["study"].unique()):
+        select_identity(df[df["study"] == s], None, one=True, what=f"{what} ({s})")
+
+
+def footer(rows: pd.DataFrame) -> str:
+    """What produced a group of rows, printed under its tables."""
+    text = f"Produced by: {describe(rows.iloc[0])}; n = {len(rows)} trials"
+    if "code_version" in rows.columns:
+        versions = sorted({str(v) for v in rows["code_version"].dropna() if str(v)})
+        if len(versions) > 1:
+            text += f"; code versions {', '.join(versions)} (mixed)"
+        elif versions:
+            text += f"; code {versions[0]}"
+    return text + "."
+
+
+def _config_rows(ok: pd.DataFrame) -> pd.DataFrame:
+    """A model run under several resolved configs becomes one row per config, labelled
+    `model (key=value, ...)` with the keys that differ: two configs are never one mean."""
+    col = "resolved_config" if "resolved_config" in ok.columns and (ok["resolved_config"].fillna("") != "").all() else "config"
+    if col not in ok.columns:
+        return ok
+    ok = ok.copy()
+    cfg = ok[col].fillna("").map(canonical_json)
+    for model in ok["model"].unique():
+        at = ok["model"] == model
+        distinct = sorted(cfg[at].unique())
+        if len(distinct) < 2:
+            continue
+        parsed = {c: json.loads(c) if c else {} for c in distinct}
+        keys = sorted({k for d in parsed.values() for k in d})
+        differ = [k for k in keys if len({canonical_json(d.get(k)) for d in parsed.values()}) > 1]
+        labels = {c: f"{model} (" + ", ".join(f"{k}={_short(parsed[c].get(k))}" for k in differ) + ")" for c in distinct}
+        ok.loc[at, "model"] = cfg[at].map(labels)
+    return ok
+
+
+def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] | None = None,
+                 identity: int | None = None) -> list[Table]:  # fmt: skip
+    """Tables for one study or every study present, one set per study identity (or only
+    identity number `identity`); `metrics` asks for a custom table (mean(std) of those
+    columns, by model and m) instead of the paper layouts."""
     if study is not None:
         df = df[df["study"] == study]
     studies = _order_studies(df["study"].unique())
@@ -294,27 +370,40 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
         raise UserError(f"no results for study {study!r}")
     tables, failed = [], []
     for s in studies:
-        ok = _ok(df[df["study"] == s])
-        ok = ok.loc[:, ok.notna().any()]  # columns of other studies (all NaN here) go
-        if ok.empty:
-            failed.append(s)
-            continue
-        if metrics:
-            _check_metrics(ok, metrics, s)
-            tables += _generic(ok, s, metrics)
-        elif s == "benchmark":
-            tables += _benchmark(ok) or _generic(ok, s, None)
-        elif s == "robustness":
-            tables += _robustness(ok) if _has(ok, "omitted_rank_ic") else _generic(ok, s, None)
-        elif s == "tune":
-            tables += _tune(ok) or _generic(ok, s, None)
-        else:
-            tables += _generic(ok, s, None)
+        groups = select_identity(df[df["study"] == s], identity)
+        for i, rows in enumerate(groups, 1):
+            ok = ok_rows(rows)
+            ok = ok.loc[:, ok.notna().any()]  # columns of other studies (all NaN here) go
+            if ok.empty:
+                failed.append(s)
+                continue
+            if s != "tune":
+                ok = _config_rows(ok)
+            new = _study_tables(ok, s, metrics)
+            for t in new:
+                t.footer = footer(ok)
+                if len(groups) > 1:
+                    t.title += f" [identity {i} of {len(groups)}]"
+                    t.key += f"-{i}"
+            tables += new
     if not tables:
         errs = df.loc[df.get("status", pd.Series(dtype=str)) == "error", "error"]
         hint = f"; first error: {errs.iloc[0]}" if len(errs) else ""
         raise UserError(f"no successful trials to tabulate in {', '.join(failed or studies)}{hint}")
     return tables
+
+
+def _study_tables(ok: pd.DataFrame, s: str, metrics: list[str] | None) -> list[Table]:
+    if metrics:
+        _check_metrics(ok, metrics, s)
+        return _generic(ok, s, metrics)
+    if s == "benchmark":
+        return _benchmark(ok) or _generic(ok, s, None)
+    if s == "robustness":
+        return _robustness(ok) if _has(ok, "omitted_rank_ic") else _generic(ok, s, None)
+    if s == "tune":
+        return _tune(ok) or _generic(ok, s, None)
+    return _generic(ok, s, None)
 
 
 def _order_studies(names) -> list[str]:
@@ -326,12 +415,13 @@ def long_table(df: pd.DataFrame, study: str | None = None) -> pd.DataFrame:
     """Every metric column of the ok rows as `study,model,m,metric,mean,std,n` (raw units)."""
     if study is not None:
         df = df[df["study"] == study]
-    ok = _ok(df)
+    select_identity(df, None, one=True, what="a long table")
+    ok = ok_rows(df)
     out = []
     metric_cols = [c for c in METRIC_COLUMNS if c in ok.columns]
     for s in _order_studies(ok["study"].unique()):
         sub = ok[ok["study"] == s]
-        for model in _order_rows(sub["model"].unique()):
+        for model in order_rows(sub["model"].unique()):
             for m in sorted(sub["m"].unique()):
                 cell = sub[(sub["model"] == model) & (sub["m"] == m)]
                 for metric in metric_cols:

@@ -12,7 +12,7 @@ import time
 
 from ray.tune import Callback
 
-from rvrae.study.trainable import flat, model_config, now_iso
+from rvrae.study.trainable import flat, model_config, now_iso, resolved_config
 
 # Trial result keys that are Tune's bookkeeping or per-epoch progress, not row columns.
 _SKIP = {
@@ -27,7 +27,8 @@ def build_row(study: str, trial, status: str, error: str, meta: dict) -> dict:
     flattens `config` into hp_* columns."""
     cfg = flat(trial.config)
     result = {k: v for k, v in (trial.last_result or {}).items() if k not in _SKIP}
-    row = dict(meta["static"])  # data fingerprint, provenance (driver's hostname until the trial's)
+    row = dict(meta["static"])  # provenance (driver's hostname until the trial's)
+    row.update(cfg["identity"].columns())  # what produced the row: data, split, epochs, objective
     row.update({"epochs": 0, "device": "", "node_id": "", "fit_seconds": float("nan"),
                 "started_at": meta.get("started_at") or now_iso()})
     row.update(result)  # the trial's own hostname, node_id, device, metrics
@@ -36,6 +37,7 @@ def build_row(study: str, trial, status: str, error: str, meta: dict) -> dict:
         "trial_id": trial.trial_id, "status": status, "error": error,
         "num_failures": int(getattr(trial, "num_failures", 0)),  # Tune's retries (FailureConfig)
         "config": model_config(cfg),
+        "resolved_config": resolved_config(cfg["model"], model_config(cfg)),
     })
     if status == "error" or "finished_at" not in result:
         row["finished_at"] = now_iso()
@@ -72,7 +74,7 @@ class ParquetSink(Callback):
     def __init__(self, out_dir: str, study: str, static: dict):
         self.out_dir = str(out_dir)
         self.study = study
-        self.static = dict(static)  # data_fingerprint, provenance: the same for every row
+        self.static = dict(static)  # provenance: the same for every row
         self.started: dict[str, str] = {}
         self.written: list[str] = []
 

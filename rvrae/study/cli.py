@@ -87,6 +87,7 @@ def options(study: str, argv: list[str] | None):
     return StudyOptions(
         study=study, models=models, data=a.data, out=a.out, seeds=a.seeds, m=m, epochs=a.epochs,
         configs=load_configs(a.configs, models), cpus_per_trial=a.cpus_per_trial,
+        config_source=f"--configs {a.configs}" if a.configs else "defaults",
         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, address=a.address,
         resume=a.resume, verbose=a.verbose, faults=parse_faults(a.inject_fault, models),
         storage=a.storage, max_failures=a.max_failures, split=_split(a.split), **extra,

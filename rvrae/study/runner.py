@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rvrae.errors import UserError
-from rvrae.study.trainable import FAULTS, model_config, train_trial
+from rvrae.identity import StudyIdentity
+from rvrae.study.trainable import FAULTS, model_config, resolved_config, train_trial
 
 STUDIES = ("tune", "benchmark", "robustness")
 DEFAULT_M = {"tune": [0], "benchmark": [0], "robustness": [50, 100, 150]}
@@ -37,6 +38,7 @@ class StudyOptions:
     m: list[int] = field(default_factory=lambda: [0])
     epochs: int | None = None  # cap for neural models
     configs: dict = field(default_factory=dict)  # model -> config overrides (--configs)
+    config_source: str = "defaults"  # where `configs` came from ("--configs FILE"), for the rows
     cpus_per_trial: float | None = None  # None: from the cluster
     gpus_per_trial: float | None = None  # None: 0 without GPUs, else GPU_FRACTION
     max_concurrent: int | None = None  # None: what fits
@@ -274,11 +276,29 @@ def grid_cells(opts: StudyOptions) -> list[dict]:
     return cells
 
 
+def study_identity(opts: StudyOptions, panel, prov: dict | None = None) -> StudyIdentity:
+    """The one identity of this study's rows (rvrae.identity): data, split, epoch cap,
+    objective, where the configs came from, code version."""
+    from rvrae.results.store import code_version
+
+    tune = opts.study == "tune"
+    source = opts.config_source
+    if tune:
+        source = "optuna search" if source == "defaults" else f"optuna search over {source}"
+    return StudyIdentity(
+        data_fingerprint=panel.fingerprint(), data_source=panel.source, split=tuple(opts.split),
+        epoch_cap=opts.epochs, objective=opts.metric if tune else "", mode=opts.mode if tune else "",
+        config_source=source, code_version=code_version(prov),
+    )
+
+
 def _key(study: str, cfg: dict) -> tuple:
     """The cell key of a trial config, as `rvrae.results.store.cell_key` makes it from a row."""
     from rvrae.results.store import canonical_json
 
-    return (study, cfg["model"], int(cfg["seed"]), int(cfg["m"]), canonical_json(model_config(cfg)))
+    ident = cfg["identity"]
+    config = canonical_json(resolved_config(cfg["model"], model_config(cfg)))
+    return (study, cfg["model"], int(cfg["seed"]), int(cfg["m"]), config, *ident.key())
 
 
 def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
@@ -310,16 +330,17 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
     # Tune's own CSV / JSON / TensorBoard result loggers duplicate what the Parquet sink
     # records and cost time on every report: off unless the user asked for them.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    static = {"data_fingerprint": panel.fingerprint(), "data_source": panel.source, **provenance()}
+    static = provenance()
+    identity = study_identity(opts, panel, static)
     run = StudyRun(out=out, rows=[], cpus_per_trial=cpus, gpus_per_trial=gpus, max_concurrent=conc)
-    common = {"epochs": opts.epochs, "split": tuple(opts.split), "cpus": cpus}
+    common = {"identity": identity, "cpus": cpus}
     storage = opts.storage or str(out / "_tune")
     panel_ref = ray.put(panel)  # once per study, shared by every Tuner below
     try:
         if opts.study == "tune":
             for name in opts.models:
                 _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc, run, console)
-            write_best_configs(out, opts.models, opts.metric, opts.mode)
+            write_best_configs(out, opts.models, identity)
         else:
             cells = [c for c in grid_cells(opts) if _key(opts.study, {**c, **common}) not in existing]
             run.skipped = len(grid_cells(opts)) - len(cells)
@@ -405,15 +426,15 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
     path = str(Path(storage) / name)
     done = 0
     if not (opts.resume and tune.Tuner.can_restore(path)):
-        done = sum(1 for k in existing_cells(run.out, "tune") if k[1] == name) if opts.resume else 0
+        ident = common["identity"].key()
+        done = sum(1 for k in existing_cells(run.out, "tune") if k[1] == name and k[5:] == ident) if opts.resume else 0
     samples = max(0, opts.samples - done)
     if samples == 0:
         return
     trainable = _trainable(panel_ref, cpus, gpus)
     sink = ParquetSink(str(run.out), "tune", static)
     live = LiveProgress(f"tune {name}", opts.metric, opts.mode, total=samples, console=console)
-    constants = {**common, "model": name, "seed": 0, "m": 0, "objective": opts.metric,
-                 "hp": dict(opts.configs.get(name, {}))}
+    constants = {**common, "model": name, "seed": 0, "m": 0, "hp": dict(opts.configs.get(name, {}))}
     fault = fault_of(opts.faults.get(name), 0)
     if fault:
         constants["fault"] = fault
@@ -432,16 +453,20 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
     _fit(opts, name, path, make_tuner, trainable, sink, live, run)
 
 
-def write_best_configs(out: Path, models: list[str], metric: str, mode: str) -> Path:
-    """<out>/best_configs.json: model -> the config of its best ok tune trial (merged with the
-    file's other models), what `--configs` of benchmark and robustness reads."""
+def write_best_configs(out: Path, models: list[str], identity: StudyIdentity) -> Path:
+    """<out>/best_configs.json: model -> the config of its best ok tune trial of this study's
+    identity, on its objective (merged with the file's other models), what `--configs` of
+    benchmark and robustness reads. The table and plots read the same objective from the rows."""
     import pandas as pd
 
+    from rvrae.identity import key_of
     from rvrae.results.store import read_results
 
     path = Path(out) / "best_configs.json"
     best = json.loads(path.read_text()) if path.is_file() else {}
     df = read_results(out, study="tune")
+    df = df[[key_of(r) == identity.key() for _, r in df.iterrows()]]
+    metric, mode = identity.objective, identity.mode
     for name in models:
         sub = df[(df["model"] == name) & (df["status"] == "ok")] if len(df) else df
         if not len(sub) or metric not in sub:

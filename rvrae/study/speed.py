@@ -244,11 +244,11 @@ def inprocess_wall(g: Grid, panel) -> float:
 
     import ray.tune  # noqa: F401  (the no-op report patches it; not part of the trials' work)
 
-    from rvrae.study.runner import grid_cells
+    from rvrae.study.runner import grid_cells, study_identity
     from rvrae.study.trainable import train_trial
 
     opts = grid_options(g, Path("."), 1)
-    common = {"epochs": opts.epochs, "split": tuple(opts.split), "cpus": 1}
+    common = {"identity": study_identity(opts, panel), "cpus": 1}
     t0 = time.perf_counter()
     with torch_threads(1), mock.patch("ray.tune.report", lambda *a, **k: None):
         for cell in grid_cells(opts):

@@ -10,11 +10,11 @@ and valid (same set for every model, SPEC §2.3), fits the model with a per-epoc
 Trial config keys (everything else is a model hyperparameter, e.g. what Optuna sampled):
     model, seed, m      the cell
     hp                  dict of model config overrides (grids, --configs)
-    epochs              the --epochs cap: overrides the config's epochs for neural models
-    split               (train, valid, test) years
+    identity            the study's `rvrae.identity.StudyIdentity`: its split (years), its
+                        epoch cap (overrides the config's epochs for neural models) and its
+                        objective (epoch reports carry it as NaN: OptunaSearch reads the
+                        metric from every result)
     cpus                CPUs of the trial: torch threads are set to match
-    objective           the Tune metric: epoch reports carry it as NaN (OptunaSearch reads
-                        the metric from every result)
     fault               test-only fault injection ("raise" | "nan"), see `inject_fault`
     cell                grids: a dict of the keys above, the one grid-searched value
 """
@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-RESERVED = ("model", "seed", "m", "hp", "epochs", "split", "cpus", "objective", "fault", "cell")
+RESERVED = ("model", "seed", "m", "hp", "identity", "cpus", "fault", "cell")
 FAULTS = ("raise", "nan", "flaky", "slow")
 
 
@@ -47,11 +47,21 @@ def model_config(config: dict) -> dict:
     config = flat(config)
     hp = dict(config.get("hp") or {})
     hp.update({k: v for k, v in config.items() if k not in RESERVED})
-    cap = config.get("epochs")
+    cap = config["identity"].epoch_cap if "identity" in config else None
     fields = {f.name for f in dataclasses.fields(get_spec(config["model"]).config_cls)}
     if cap is not None and "epochs" in fields:
         hp["epochs"] = int(cap)
     return hp
+
+
+def resolved_config(model: str, overrides: dict) -> dict:
+    """Every field of the model's config after `overrides` (defaults included): what the
+    trial actually ran, part of its cell key, stored as the row's `resolved_config`."""
+    from rvrae.models.base import config_from_dict
+    from rvrae.models.registry import get_spec
+
+    cfg = config_from_dict(get_spec(model).config_cls, dict(overrides), model)
+    return json.loads(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str))
 
 
 def now_iso() -> str:
@@ -139,9 +149,10 @@ def train_trial(config: dict, panel) -> None:
         "started_at": now_iso(), "device": device, "hostname": socket.gethostname(),
         "node_id": ray.get_runtime_context().get_node_id() if in_ray else "", "pid": os.getpid(),
     }
-    objective = config.get("objective")
+    identity = config["identity"]
+    objective = identity.objective
     seed_everything(seed)
-    train, valid, test = split_by_years(panel, *config.get("split", (15, 3, 3)))
+    train, valid, test = split_by_years(panel, *identity.split)
     omitted = omit_stocks(train, test, m, seed)  # depends on (seed, m, panel) only
     train = train.view(train.target_months, drop=omitted)
     valid = valid.view(valid.target_months, drop=omitted)
@@ -171,7 +182,6 @@ def train_trial(config: dict, panel) -> None:
         **metrics, **meta,
         "epochs": len(history) if history is not None else epochs[0],
         "fit_seconds": fit_seconds, "finished_at": now_iso(),
-        "model_config": json.dumps(dataclasses.asdict(model.config), sort_keys=True, default=str),
     }
     tune.report(final)
 
