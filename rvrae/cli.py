@@ -40,30 +40,44 @@ def data_synth(
     print_oracle(synth, console)
 
 
-@data_app.command("check")
 def data_check(
+    ctx: typer.Context,
     path: Path,
-    alignment: str = typer.Option("same_row", help="same_row or lag"),
-    percent: bool = typer.Option(False, help="returns are in percent"),
+    percent: Optional[bool] = typer.Option(
+        None, "--percent/--no-percent",
+        help="returns are in percent / decimal (returns that look like percent are refused unless you say)",
+    ),
+    chars: Optional[str] = typer.Option(None, help="comma-separated characteristic columns (default: every other numeric column)"),
+    exclude: Optional[str] = typer.Option(None, help="comma-separated columns that are not characteristics (e.g. SHRCD,EXCHCD)"),
+    start: Optional[str] = typer.Option(None, help="first month kept, e.g. 1990-01"),
+    end: Optional[str] = typer.Option(None, help="last month kept, e.g. 2016-12"),
+    alignment: str = typer.Option("same_row", help="same_row: characteristics known before the row's return; lag: lag them one month"),
+    id_col: Optional[str] = typer.Option(None, help="the stock id column (default: permno, id, gvkey or ticker)"),
+    date_col: Optional[str] = typer.Option(None, help="the month column (default: date, yyyymm or eom)"),
+    ret_col: Optional[str] = typer.Option(None, help="the return column (default: ret or ret_exc_lead1m)"),
 ):
-    """Validate a panel file: exit 0 if valid, exit 2 with one clear line if not."""
-    from rvrae.data.io import load_panel
-
-    panel = load_panel(path, alignment=alignment, percent=percent)
-    console.print(f"ok: {path}: {panel.T} months, {panel.N} stocks, {panel.C} characteristics")
-
-
-@data_app.command("info")
-def data_info(
-    path: Path,
-    alignment: str = typer.Option("same_row", help="same_row or lag"),
-    percent: bool = typer.Option(False, help="returns are in percent"),
-):
-    """Months, stocks per month, characteristics and missing share, as the loader sees them."""
+    """check: validate a panel file (exit 0 if valid, exit 2 with one clear line if not).
+    info: months, stocks per month, characteristics, missing share and return statistics."""
     from rvrae.data.io import load_panel
     from rvrae.results.render import print_panel_info
 
-    print_panel_info(load_panel(path, alignment=alignment, percent=percent), console)
+    def names(text):
+        return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+    panel = load_panel(path, alignment=alignment, percent=percent, chars=names(chars), start=start, end=end,
+                       exclude=names(exclude), id_col=id_col, date_col=date_col, ret_col=ret_col)  # fmt: skip
+    for note in panel.meta.get("notices", []):
+        Console(stderr=True).print(f"note: {path}: {note}", markup=False, highlight=False, soft_wrap=True)
+    if ctx.info_name == "info":
+        print_panel_info(panel, console)
+    else:
+        console.print(f"ok: {path}: {panel.T} months, {panel.N} stocks, {panel.C} characteristics")
+
+
+# One command, two names: `check` validates, `info` also describes (same loader options).
+data_app.command("check", help="Validate a panel file: exit 0 if valid, exit 2 with one clear line if not.")(data_check)
+data_app.command("info", help="Months, stocks per month, characteristics, missing share and return statistics, "
+                              "as the loader sees them.")(data_check)  # fmt: skip
 
 
 @app.command("table")

@@ -9,6 +9,7 @@ import pytest
 from rvrae.cli import main
 from rvrae.data.io import load_data, load_panel, panel_summary, write_long
 from rvrae.data.synthetic import SynthConfig, make_synthetic
+from rvrae.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +199,74 @@ def test_write_long_is_atomic(tmp_path):
     with pytest.raises(Exception):
         write_long(bad, tmp_path / "p.parquet")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- the loader's options: percent, CRSP-shaped files, lag before the range, column names --
+
+
+def test_percent_returns_are_refused_unless_the_user_says(tmp_path, capsys):
+    d = _frame(n_ids=20, n_months=6)
+    p = tmp_path / "pct.csv"
+    write_long(d.assign(ret=d["ret"] * 100), p)
+    err = _check(p, capsys, "look like percent", "--percent", "--no-percent")
+    assert "std" in err or "|ret| > 1" in err
+    decimal = load_panel(write_long(d, tmp_path / "dec.csv"))
+    np.testing.assert_allclose(load_panel(p, percent=True).ret, decimal.ret, rtol=1e-5)
+    assert load_panel(p, percent=False).ret.std() > 1  # the user said decimal: taken as given
+    assert main(["data", "check", str(p), "--percent"]) == 0
+    assert main(["data", "info", str(p), "--percent"]) == 0
+    out = capsys.readouterr().out
+    assert "ret std" in out and "ret abs over 1 share" in out
+
+
+def test_crsp_shaped_file_ticker_text_and_codes(tmp_path, capsys):
+    d = _frame(n_ids=4, n_months=3).rename(columns={"permno": "PERMNO", "ret": "RET"})
+    d["TICKER"] = [f"T{i}" for i in d["PERMNO"]]  # an id alias, any case: not a characteristic
+    d["COMNAM"] = "ACME CORP"  # text: skipped with a notice
+    d["SHRCD"], d["EXCHCD"] = 10, 1
+    p = tmp_path / "crsp.parquet"
+    write_long(d, p)
+    pan = load_panel(p)
+    assert pan.char_names == ("size", "bm", "SHRCD", "EXCHCD")
+    notes = " ".join(pan.meta["notices"])
+    assert "COMNAM" in notes and "--exclude SHRCD,EXCHCD" in notes and "TICKER" not in notes
+    assert load_panel(p, exclude=["SHRCD", "EXCHCD"]).char_names == ("size", "bm")
+    assert main(["data", "check", str(p), "--exclude", "SHRCD,EXCHCD"]) == 0
+    assert "COMNAM" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--exclude column 'NOPE' not found"):
+        load_panel(p, exclude=["NOPE"])
+    with pytest.raises(UserError, match="'COMNAM' is not numeric.*--exclude"):
+        load_panel(p, chars=["bm", "COMNAM"])
+
+
+def test_lag_is_applied_before_the_date_range(tmp_path):
+    d = _frame(n_ids=5, n_months=4)
+    p = write_long(d, tmp_path / "p.csv")
+    full = load_panel(p, alignment="lag")
+    cut = load_panel(p, alignment="lag", start="2001-02")
+    # the first kept month (2001-02) has the file's 2001-01 characteristics, not none
+    np.testing.assert_array_equal(cut.chars, full.chars[1:])
+    assert (cut.chars[0] != 0).any()
+
+
+def test_column_names_are_given(tmp_path):
+    d = _frame(n_ids=4, n_months=3).rename(columns={"permno": "stock", "date": "month", "ret": "xret"})
+    p = write_long(d, tmp_path / "named.csv")
+    with pytest.raises(UserError, match="no stock id column"):
+        load_panel(p)
+    pan = load_panel(p, id_col="stock", date_col="month", ret_col="xret")
+    assert pan.char_names == ("size", "bm") and pan.T == 3
+    with pytest.raises(UserError, match="return column 'nope' not found"):
+        load_panel(p, id_col="stock", date_col="month", ret_col="nope")
+
+
+def test_study_scripts_take_the_loader_options(tiny_data_file, tmp_path):
+    from rvrae.study.cli import options
+
+    opts = options("benchmark", ["--data", str(tiny_data_file), "--models", "ipca", "--no-percent",
+                                 "--exclude", "a,b", "--start", "1990-01", "--alignment", "lag",
+                                 "--ret-col", "ret", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert opts.load == {"percent": False, "exclude": ["a", "b"], "start": "1990-01", "alignment": "lag",
+                         "ret_col": "ret"}  # fmt: skip
+    with pytest.raises(UserError, match="synthetic takes no loader options"):
+        load_data("synthetic", percent=True)

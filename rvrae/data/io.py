@@ -26,6 +26,11 @@ ID_ALIASES = ("permno", "id", "gvkey", "ticker")
 DATE_ALIASES = ("date", "DATE", "yyyymm", "eom")
 RET_ALIASES = ("ret", "RET", "ret_exc_lead1m")
 ALIGNMENTS = ("same_row", "lag")
+CRSP_CODES = ("shrcd", "exchcd", "siccd", "shrcls", "permco")  # CRSP identifiers, not characteristics
+# Returns that look like percent (monthly stock returns in decimals have a std of ~0.1-0.2 and
+# rarely exceed 100 %): more than 1 % of stock-months with |ret| > 1, or a std above 1.
+PERCENT_ABS_SHARE = 0.01
+PERCENT_STD = 1.0
 LONG_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 NPZ_MISSING = -99.99  # the CPZ missing-value code
 
@@ -49,17 +54,26 @@ def load_data(spec: str | os.PathLike, **opts) -> Panel:
 def load_panel(
     path: str | os.PathLike,
     alignment: str = "same_row",
-    percent: bool = False,
+    percent: bool | None = None,
     chars: list[str] | tuple[str, ...] | None = None,
     start: str | None = None,
     end: str | None = None,
+    exclude: list[str] | tuple[str, ...] | None = None,
+    id_col: str | None = None,
+    date_col: str | None = None,
+    ret_col: str | None = None,
 ) -> Panel:
     """Read a long panel (Parquet / CSV) or a CPZ `.npz` into a preprocessed Panel.
 
     alignment: "same_row" (a row's characteristics are known before its return) or "lag"
-    (characteristics are lagged one month per stock first). percent: returns are in percent
-    and get divided by 100. chars: the characteristic columns (default: every other numeric
-    column). start / end: first / last month kept (anything pandas parses, e.g. "2000-01").
+    (characteristics are lagged one month per stock first, before the date range is cut, so
+    the first kept month has the file's previous month). percent: True = returns are in
+    percent and get divided by 100; False = decimal returns; None (not said) = decimal, but
+    returns that look like percent (`looks_like_percent`) are refused. chars: the
+    characteristic columns (default: every other numeric column; text columns are skipped
+    with a notice in `meta["notices"]`). exclude: columns that are not characteristics.
+    start / end: first / last month kept (anything pandas parses, e.g. "2000-01").
+    id_col / date_col / ret_col: the column names, when the aliases do not find them.
     """
     path = Path(path)
     name = str(path)
@@ -72,18 +86,28 @@ def load_panel(
     if path.stat().st_size == 0:
         raise UserError(f"{name}: empty file")
     suffix = path.suffix.lower()
+    notices: list[str] = []
     if suffix == ".npz":
+        if exclude or id_col or date_col or ret_col:
+            raise UserError(f"{name}: .npz panels take --chars, not --exclude or column names")
         raw = _read_npz(path, chars)
     elif suffix in LONG_SUFFIXES:
-        raw = _read_long(path, LONG_SUFFIXES[suffix], chars)
+        names = {"id": id_col, "date": date_col, "ret": ret_col}
+        raw = _read_long(path, LONG_SUFFIXES[suffix], chars, exclude, names, notices)
     else:
         raise UserError(f"{name}: unsupported file type {suffix or '(none)'!r}; expected .parquet, .csv or .npz")
     x, ret, mask, dates, ids, char_names = raw
-    x, ret, mask, dates = _restrict_months(name, x, ret, mask, dates, start, end)
     if alignment == "lag":
         # the characteristics of month t are the stock's values of month t-1 (calendar month;
-        # a stock without a row in t-1 has them missing)
+        # a stock without a row in t-1 has them missing). Before the date range is cut: the
+        # first kept month takes its characteristics from the month before it.
         x = np.concatenate([np.full_like(x[:1], np.nan), x[:-1]], axis=0)
+    x, ret, mask, dates = _restrict_months(name, x, ret, mask, dates, start, end)
+    if percent is None:
+        why = looks_like_percent(ret[mask])
+        if why:
+            raise UserError(f"{name}: returns look like percent ({why}); pass --percent if they are, "
+                            "--no-percent if they are decimal returns")  # fmt: skip
     if percent:
         ret = ret / np.float32(100.0)
     share = missing_share(x, mask)
@@ -95,9 +119,24 @@ def load_panel(
         ids=ids,
         char_names=tuple(char_names),
         source=name,
-        meta={"missing_share": share, "alignment": alignment, "percent": percent},
+        meta={"missing_share": share, "alignment": alignment, "percent": bool(percent), "notices": notices},
     )
     return panel
+
+
+def looks_like_percent(r: np.ndarray) -> str:
+    """Why returns `r` (the observed ones) look like percent, or "" if they do not: more
+    than PERCENT_ABS_SHARE of them with |r| > 1 (a 100 % monthly move), or a std above
+    PERCENT_STD. Decimal monthly stock returns have a std of ~0.1-0.2."""
+    if r.size == 0:
+        return ""
+    share = float(np.mean(np.abs(r) > 1.0))
+    std = float(np.std(r))
+    if share > PERCENT_ABS_SHARE:
+        return f"{share:.1%} of |ret| > 1"
+    if std > PERCENT_STD:
+        return f"std {std:.3g}"
+    return ""
 
 
 def write_long(df: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -146,6 +185,19 @@ def panel_summary(panel: Panel) -> dict:
         "characteristics": int(panel.C),
         "char_names": list(panel.char_names),
         "missing_share": float(panel.meta.get("missing_share", float("nan"))),
+        **_return_stats(panel.ret[panel.mask]),
+    }
+
+
+def _return_stats(r: np.ndarray) -> dict:
+    """Return statistics of `data info`: scale and tails (percent returns show at a glance)."""
+    if r.size == 0:
+        return {}
+    q = np.quantile(r, [0.01, 0.5, 0.99])
+    return {
+        "ret_mean": float(r.mean()), "ret_std": float(r.std()), "ret_min": float(r.min()),
+        "ret_p1_median_p99": [f"{v:.4g}" for v in q], "ret_max": float(r.max()),
+        "ret_abs_over_1_share": float(np.mean(np.abs(r) > 1.0)),
     }
 
 
@@ -153,7 +205,11 @@ def panel_summary(panel: Panel) -> dict:
 # long panels
 
 
-def _pick(name: str, columns: list[str], aliases: tuple[str, ...], what: str) -> str:
+def _pick(name: str, columns: list[str], aliases: tuple[str, ...], what: str, given: str | None = None) -> str:
+    if given is not None:  # --id-col / --date-col / --ret-col
+        if given not in columns:
+            raise UserError(f"{name}: {what} column {given!r} not found")
+        return given
     for a in aliases:  # exact spelling first, then case-insensitive
         if a in columns:
             return a
@@ -210,18 +266,34 @@ class _Columns:
             del self.frame[col]
 
 
-def _read_long(path: Path, kind: str, chars) -> tuple:
+def _read_long(path: Path, kind: str, chars, exclude=None, given=None, notices=None) -> tuple:
     name = str(path)
+    given = given or {}
+    notices = [] if notices is None else notices
     cols = _Columns(path, kind)
     if cols.n == 0:
         raise UserError(f"{name}: empty file (header only, no rows)")
-    id_col = _pick(name, cols.names, ID_ALIASES, "stock id")
-    date_col = _pick(name, cols.names, DATE_ALIASES, "date")
-    ret_col = _pick(name, cols.names, RET_ALIASES, "return")
-    # the alias columns not chosen are not characteristics either (e.g. both permno and gvkey)
-    reserved = {id_col, date_col, ret_col} | {c for c in cols.names if c in ID_ALIASES + DATE_ALIASES + RET_ALIASES}
+    id_col = _pick(name, cols.names, ID_ALIASES, "stock id", given.get("id"))
+    date_col = _pick(name, cols.names, DATE_ALIASES, "date", given.get("date"))
+    ret_col = _pick(name, cols.names, RET_ALIASES, "return", given.get("ret"))
+    # the alias columns not chosen are not characteristics either (e.g. both permno and
+    # gvkey, or CRSP's TICKER beside PERMNO): matched case-insensitively, as the aliases are
+    aliases = {a.lower() for a in ID_ALIASES + DATE_ALIASES + RET_ALIASES}
+    reserved = {id_col, date_col, ret_col} | {c for c in cols.names if c.lower() in aliases}
+    absent = [c for c in exclude or () if c not in cols.names]
+    if absent:
+        raise UserError(f"{name}: --exclude column {absent[0]!r} not found")
+    reserved |= set(exclude or ())
     if chars is None:
         char_names = [c for c in cols.names if c not in reserved]
+        text = [c for c in char_names if _is_text(cols.get(c))]
+        if text:
+            notices.append(f"{len(text)} text column(s) skipped, not characteristics: {', '.join(text)}")
+            char_names = [c for c in char_names if c not in text]
+        codes = [c for c in char_names if c.lower() in CRSP_CODES]
+        if codes:
+            notices.append(f"{', '.join(codes)} look like CRSP codes but are used as characteristics; "
+                           f"--exclude {','.join(codes)} drops them")  # fmt: skip
     else:
         char_names = list(chars)
         absent = [c for c in char_names if c not in cols.names]
@@ -285,6 +357,18 @@ def _read_long(path: Path, kind: str, chars) -> tuple:
     return x, ret, mask, dates, ids, char_names
 
 
+def _is_text(s: pd.Series) -> bool:
+    """A text column (e.g. CRSP's TICKER, COMNAM): fewer than half its non-empty values are
+    numbers. A mostly numeric column with a few bad cells stays, and its first bad cell is an
+    error naming the row (`_numeric`)."""
+    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+        return False
+    present = s.dropna()
+    if present.empty:
+        return False
+    return bool(pd.to_numeric(present, errors="coerce").notna().mean() < 0.5)
+
+
 def _numeric(name: str, col: str, s: pd.Series, what: str) -> np.ndarray:
     """A column as float32; a value that is not a number is an error naming the row."""
     if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
@@ -293,8 +377,9 @@ def _numeric(name: str, col: str, s: pd.Series, what: str) -> np.ndarray:
     bad = v.isna().to_numpy() & s.notna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
+        hint = "; --exclude it if it is not a characteristic" if what == "characteristic" else ""
         raise UserError(
-            f"{name}: {what} column {col!r} is not numeric (row {_row(i)}: {str(s.iloc[i])[:40]!r})"
+            f"{name}: {what} column {col!r} is not numeric (row {_row(i)}: {str(s.iloc[i])[:40]!r}){hint}"
         )
     return v.to_numpy(dtype=np.float32, na_value=np.nan)
 

@@ -45,6 +45,34 @@ def _split(text: str) -> tuple[int, int, int]:
     return parts
 
 
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_loader_flags(p: argparse.ArgumentParser) -> None:
+    """The loader's options (rvrae.data.io.load_panel), for a panel file given as --data."""
+    g = p.add_argument_group("panel file options (ignored for --data synthetic)")
+    g.add_argument("--percent", action=argparse.BooleanOptionalAction, default=None,
+                   help="returns are in percent (--no-percent: decimal); returns that look like percent are refused unless you say")  # fmt: skip
+    g.add_argument("--chars", default=None, help="comma-separated characteristic columns (default: every other numeric column)")
+    g.add_argument("--exclude", default=None, help="comma-separated columns that are not characteristics (e.g. SHRCD,EXCHCD)")
+    g.add_argument("--start", default=None, help="first month kept, e.g. 1990-01")
+    g.add_argument("--end", default=None, help="last month kept, e.g. 2016-12")
+    g.add_argument("--alignment", default=None, choices=["same_row", "lag"],
+                   help="same_row (default): a row's characteristics are known before its return; lag: lag them one month")  # fmt: skip
+    g.add_argument("--id-col", default=None, help="the stock id column (default: permno, id, gvkey or ticker)")
+    g.add_argument("--date-col", default=None, help="the month column (default: date, yyyymm or eom)")
+    g.add_argument("--ret-col", default=None, help="the return column (default: ret or ret_exc_lead1m)")
+
+
+def loader_options(a: argparse.Namespace) -> dict:
+    """The loader flags the user gave, as load_panel's keyword arguments."""
+    opts = {"percent": a.percent, "chars": _names(a.chars), "exclude": _names(a.exclude), "start": a.start,
+            "end": a.end, "alignment": a.alignment, "id_col": a.id_col, "date_col": a.date_col,
+            "ret_col": a.ret_col}  # fmt: skip
+    return {k: v for k, v in opts.items() if v is not None}
+
+
 def parser(study: str) -> argparse.ArgumentParser:
     p = _Parser(prog=f"studies/{study}.py", description=DESCRIPTIONS[study])
     p.add_argument("--data", default="synthetic", help="PATH of a long panel (Parquet/CSV/.npz) or 'synthetic'")
@@ -63,6 +91,7 @@ def parser(study: str) -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1, help="Tune retries of a failed trial")
     p.add_argument("--resume", action="store_true", help="continue a killed study: every cell exactly once")
     p.add_argument("--verbose", action="store_true", help="show Ray's own output")
+    add_loader_flags(p)
     p.add_argument("--inject-fault", action="append", default=None, help=argparse.SUPPRESS)  # tests: MODEL:raise|nan|flaky[@SEED]
     if study == "tune":
         p.add_argument("--samples", type=int, default=16, help="Optuna trials per model")
@@ -86,7 +115,7 @@ def options(study: str, argv: list[str] | None):
         extra = {"samples": a.samples, "metric": a.metric, "mode": a.mode}
     return StudyOptions(
         study=study, models=models, data=a.data, out=a.out, seeds=a.seeds, m=m, epochs=a.epochs,
-        configs=load_configs(a.configs, models), cpus_per_trial=a.cpus_per_trial,
+        configs=load_configs(a.configs, models), cpus_per_trial=a.cpus_per_trial, load=loader_options(a),
         config_source=f"--configs {a.configs}" if a.configs else "defaults",
         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, address=a.address,
         resume=a.resume, verbose=a.verbose, faults=parse_faults(a.inject_fault, models),

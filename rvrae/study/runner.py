@@ -39,6 +39,7 @@ class StudyOptions:
     epochs: int | None = None  # cap for neural models
     configs: dict = field(default_factory=dict)  # model -> config overrides (--configs)
     config_source: str = "defaults"  # where `configs` came from ("--configs FILE"), for the rows
+    load: dict = field(default_factory=dict)  # the loader's options for a panel file (load_panel)
     cpus_per_trial: float | None = None  # None: from the cluster
     gpus_per_trial: float | None = None  # None: 0 without GPUs, else GPU_FRACTION
     max_concurrent: int | None = None  # None: what fits
@@ -177,7 +178,7 @@ def prepare(opts: StudyOptions):
     from rvrae.data.panel import omit_stocks, split_by_years
 
     validate(opts)
-    panel = load_data(opts.data)
+    panel = load_data(opts.data, **opts.load)
     train, _, test = split_by_years(panel, *opts.split)  # too few months -> UserError
     omit_stocks(train, test, max(opts.m), 0)  # m >= eligible stocks -> UserError
     return panel
@@ -309,6 +310,8 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
         panel = prepare(opts)
     else:
         validate(opts)
+    for note in panel.meta.get("notices", []) if console is not None else []:
+        console.print(f"note: {panel.source}: {note}", highlight=False)
     started = connect(opts.address, opts.verbose)
     try:
         cpus, gpus, conc = plan_resources(opts, ray.cluster_resources())
