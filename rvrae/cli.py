@@ -1,7 +1,8 @@
 """The `rvrae` command: parse, call, print (SPEC §7).
 
-`main(argv=None) -> int` so tests run it in-process. A `UserError` anywhere becomes one line
-on stderr and exit code 2; nothing is written before the input has been validated.
+`main(argv=None) -> int` so tests run it in-process. A `UserError` anywhere, and every usage
+error of typer's click (unknown command or option, bad value), becomes one line on stderr
+and exit code 2, no traceback; nothing is written before the input has been validated.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from rich.console import Console
 
 from rvrae.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True,
+    help="RVRAE and five baseline factor models: run the demo, tabulate and plot results, check panels.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Write, check and describe panels.")
 app.add_typer(data_app, name="data")
 console = Console()
@@ -29,7 +33,8 @@ def data_synth(
     chars: Optional[int] = typer.Option(None, help="number of characteristics"),
     seed: int = typer.Option(0, help="seed of the planted model"),
 ):
-    """Write the planted synthetic panel (SPEC §2.4) as a long panel, and print its oracle."""
+    """Write the planted synthetic panel (a known conditional factor model) as a long panel, and
+    print its oracle scores."""
     from rvrae.data.synthetic import SynthConfig, make_synthetic, write_synthetic
     from rvrae.results.render import print_oracle
 
@@ -130,7 +135,24 @@ def demo(
     run_demo(out=out, seeds=seeds, epochs=epochs, verbose=verbose, console=console)
 
 
+def _usage_errors() -> tuple[type, ...]:
+    """The usage errors of the click that typer runs: typer >= 0.2x ships its own copy
+    (`typer._click`), whose classes are not click's, so both are caught."""
+    import click
+
+    usage = [click.exceptions.ClickException]
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # an older typer on the real click
+        pass
+    else:
+        usage.append(ClickException)
+    return tuple(usage)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import click
+
     try:
         app(args=argv, standalone_mode=False, prog_name="rvrae")
     except UserError as e:
@@ -138,15 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         return UserError.exit_code
     except typer.Exit as e:  # --help and friends
         return e.exit_code
-    except Exception as e:  # click usage errors (bad option values) are user errors too
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            Console(stderr=True).print(f"error: {e.format_message()}", markup=False, soft_wrap=True)
-            return 2
-        if isinstance(e, click.exceptions.Abort):
-            return 130
-        raise
+    except _usage_errors() as e:  # bad command, option or value: one line, exit 2, no traceback
+        if type(e).__name__ == "NoArgsIsHelpError":  # `rvrae`, `rvrae data`: the help text
+            console.print(e.format_message(), markup=False, highlight=False)
+            return 0
+        message = " ".join(e.format_message().split())
+        Console(stderr=True).print(f"error: {message} (see --help)", markup=False, highlight=False, soft_wrap=True)
+        return UserError.exit_code
+    except (typer.Abort, click.exceptions.Abort):
+        return 130
     return 0
 
 

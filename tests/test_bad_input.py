@@ -194,3 +194,30 @@ def test_rvrae_table_and_plot(existing_out, tmp_path, capsys):
     assert _snapshot(existing_out) == before
     # The same table with a valid format works: the failures above were the input's fault.
     assert rvrae_main(["table", str(existing_out), "--format", "csv"]) == 0
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["tabel"], "No such command 'tabel'"),
+        (["plot", "r2"], "--out"),
+        (["demo", "--seeds", "abc"], "--seeds"),
+        (["table"], "directory"),
+        (["table", "x", "--identity", "one"], "--identity"),
+        (["data", "check", "x.csv", "--bogus"], "--bogus"),
+        (["data", "info"], "path"),
+    ],
+)
+def test_cli_usage_errors_are_one_line_exit_2(args, needle, tmp_path, monkeypatch, capsys):
+    """typer ships its own click: its usage errors too must be one line, exit 2, no traceback."""
+    monkeypatch.chdir(tmp_path)
+    rc = rvrae_main(args)
+    out = capsys.readouterr()
+    assert rc == 2, out
+    assert out.err.startswith("error: ") and needle in out.err and len(out.err.strip().splitlines()) == 1
+    assert "Traceback" not in out.err + out.out and not list(tmp_path.iterdir())
+
+
+def test_cli_without_a_command_prints_help(capsys):
+    assert rvrae_main([]) == 0 and rvrae_main(["data"]) == 0
+    assert "Usage" in capsys.readouterr().out
