@@ -282,7 +282,7 @@ def test_ray_is_started_without_a_public_dashboard():
     for verbose in (False, True):
         local = ray_init_kwargs(None, verbose)
         assert local == ray_init_kwargs("local", verbose)
-        assert "address" not in local  # this call starts Ray
+        assert local["address"] == "local"  # a private instance of its own, never an attach by accident
         assert local.get("include_dashboard") is False or local.get("dashboard_host") == "127.0.0.1"
         attach = ray_init_kwargs("auto", verbose)
         assert attach["address"] == "auto" and "dashboard_host" not in attach

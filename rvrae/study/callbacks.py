@@ -103,6 +103,7 @@ class LiveProgress(Callback):
         self.console = console
         self.done = self.failed = 0
         self.running: set[str] = set()
+        self.waiting = 0  # trials Tune holds until the cluster has room (the autoscaler adds nodes)
         self.best = None
         self.t0 = time.time()
         self._live = None
@@ -131,7 +132,9 @@ class LiveProgress(Callback):
         best = "-" if self.best is None else f"{self.best:.4f}"
         return Text(
             f"{self.title}: {finished}/{self.total} finished ({self.done} ok, {self.failed} failed), "
-            f"{len(self.running)} running | elapsed {elapsed:.0f}s | ETA {eta}"
+            f"{len(self.running)} running"
+            + (f", {self.waiting} waiting for resources" if self.waiting else "")
+            + f" | elapsed {elapsed:.0f}s | ETA {eta}"
             + (f" | best {self.metric} {best}" if self.metric else "")
         )
 
@@ -159,6 +162,9 @@ class LiveProgress(Callback):
         self._refresh(force=True)
 
     def on_step_end(self, iteration, trials, **info):
+        # PENDING: created but not placed; under max_concurrent_trials that means no node has
+        # room yet (on an autoscaling cluster: until the autoscaler adds one).
+        self.waiting = sum(1 for t in trials if t.status == "PENDING")
         self._refresh()
 
     def on_experiment_end(self, trials, **info):

@@ -86,7 +86,7 @@ def parser(study: str) -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=None, help="default: 1 if the cluster has >= 2 CPUs")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="default: 0 without GPUs, else 0.25")
     p.add_argument("--max-concurrent", type=int, default=None, help="default: what fits the cluster")
-    p.add_argument("--address", default=None, help="Ray cluster address; 'local' starts one (default: attach if one runs)")
+    p.add_argument("--address", default=None, help="Ray cluster to attach to (host:port, or 'auto': the one running on this machine); default: RAY_ADDRESS if set, else a private local Ray")
     p.add_argument("--storage", default=None, help="Tune experiment storage, e.g. s3://bucket/rvrae (default <out>/_tune)")
     p.add_argument("--max-failures", type=int, default=1, help="Tune retries of a failed trial")
     p.add_argument("--resume", action="store_true", help="continue a killed study: every cell exactly once")

@@ -43,7 +43,7 @@ class StudyOptions:
     cpus_per_trial: float | None = None  # None: from the cluster
     gpus_per_trial: float | None = None  # None: 0 without GPUs, else GPU_FRACTION
     max_concurrent: int | None = None  # None: what fits
-    address: str | None = None  # None/"auto": attach if a cluster runs; "local": always start one
+    address: str | None = None  # None: RAY_ADDRESS if set, else a private local Ray; "auto": attach or fail
     resume: bool = False
     verbose: bool = False
     samples: int = 16  # tune: Optuna trials per model
@@ -189,62 +189,145 @@ def prepare(opts: StudyOptions):
 
 def ray_init_kwargs(address: str | None = None, verbose: bool = False) -> dict:
     """The `ray.init` arguments of `connect`: attach to `address` ("auto" or host:port), or
-    (None / "local") start a local instance WITHOUT a dashboard, so no HTTP endpoint is opened
-    (SPEC §8). Ray's own gRPC ports are Ray's business (token authentication in Ray >= 2.50)."""
+    (None / "local") start a private local instance WITHOUT a dashboard, so no HTTP endpoint is
+    opened (SPEC §8). `address="local"` is Ray's own spelling of "always start a new instance";
+    Ray's gRPC ports are Ray's business (token authentication in Ray >= 2.50)."""
     level = logging.INFO if verbose else logging.WARNING
     common = {"log_to_driver": verbose, "logging_level": level}
     if address in (None, "local"):
         # Workers import torch and the models as they start (rvrae.study.trainable.warm_worker).
         hook = {"worker_process_setup_hook": "rvrae.study.trainable.warm_worker"}
-        return {**common, "include_dashboard": False, "runtime_env": hook}
+        return {**common, "address": "local", "include_dashboard": False, "runtime_env": hook}
     return {**common, "address": address}
 
 
 def connect(address: str | None, verbose: bool) -> bool:
-    """Attach to a running cluster (`address`, or "auto": attach if one runs) or start a local
-    instance bound to localhost without a dashboard. Returns True if this call started Ray."""
+    """Start a private local Ray, or attach to the cluster `--address` / `RAY_ADDRESS` names
+    (`resolve_address`). An attach that fails is a UserError, never a silent local fallback.
+    Returns True if this call started Ray (so the caller shuts it down)."""
     import ray
 
     if ray.is_initialized():
         return False
-    if address not in (None, "auto", "local"):
-        try:
-            ray.init(**ray_init_kwargs(address, verbose))
-        except (ConnectionError, ValueError, RuntimeError) as e:
-            raise UserError(f"--address {address}: cannot attach to a Ray cluster ({e})") from None
+    target = resolve_address(address)
+    if target == "local":
+        ray.init(**ray_init_kwargs("local", verbose))
         return True
-    if address != "local":
-        try:
-            ray.init(**ray_init_kwargs("auto", verbose))
-            return True
-        except (ConnectionError, ValueError, RuntimeError):
-            pass
-    ray.init(**ray_init_kwargs(None, verbose))
+    named = f"--address {target}" if address else f"RAY_ADDRESS={target}"
+    try:
+        ray.init(**ray_init_kwargs(target, verbose))
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        hint = " (`ray start --head` starts one; leave --address out for a private local Ray)" if target == "auto" else ""
+        raise UserError(f"{named}: cannot attach to a Ray cluster{hint}: {str(e).splitlines()[0] if str(e) else e!r}") from None
     return True
 
 
-def plan_resources(opts: StudyOptions, cluster: dict) -> tuple[float, float, int]:
-    """(cpus, gpus) per trial and max concurrent trials from the cluster's resources. Asking
-    for GPUs on a GPU-less cluster is an error here, never a trial that waits forever."""
+def autoscaling_maxima(config: dict) -> tuple[dict, list[dict]]:
+    """What an autoscaler config lets the cluster grow to: the head's resources plus each worker
+    type's `resources` x its `max_workers`, the cluster-wide `max_workers` capping the number of
+    workers (filled with the types richest in each resource first); and the node shapes a trial
+    can land on. The Ray launcher writes the resources of every AWS/GCP node type into the
+    config the head's autoscaler reads, so they are known before any worker exists."""
+    types = config.get("available_node_types") or {}
+    head = config.get("head_node_type")
+    workers = [(dict(t.get("resources") or {}), int(t.get("max_workers", 0))) for k, t in types.items() if k != head]
+    budget = int(config.get("max_workers", sum(n for _, n in workers)))
+    total = {k: float(v) for k, v in (types.get(head, {}).get("resources") or {}).items()}
+    for key in {k for r, _ in workers for k in r}:
+        left = budget
+        for res, n in sorted(workers, key=lambda w: -float(w[0].get(key, 0))):
+            take = max(0, min(n, left))
+            total[key] = total.get(key, 0.0) + take * float(res.get(key, 0))
+            left -= take
+    shapes = [res for res, n in workers if n > 0 and budget > 0]
+    return total, shapes
+
+
+def _autoscaler_config_file() -> Path | None:
+    """The config file of the autoscaler that serves the connected cluster: its monitor process
+    (on the head, where `ray submit` and `ray job submit` run the driver) names it on its
+    command line (`--autoscaling-config`, next to `--gcs-address`). Linux /proc; None if not
+    found (a cluster without autoscaler, or a driver on another machine)."""
+    import ray
+
+    gcs = ray.get_runtime_context().gcs_address or ""
+    port = gcs.rpartition(":")[2]
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = [a.decode(errors="replace") for a in cmdline.read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if not any(a.endswith("monitor.py") for a in args[:3]):
+            continue
+        flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+        addr, path = flags.get("gcs-address", ""), flags.get("autoscaling-config")
+        if path and (addr == gcs or addr.rpartition(":")[2] == port):
+            p = Path(path).expanduser()
+            return p if p.is_file() else None
+    return None
+
+
+def cluster_capacity() -> tuple[dict, list[dict], dict]:
+    """(what the connected cluster can grow to, the node shapes a trial can land on, what it has
+    now). Growth comes from the cluster config the autoscaler reports to the GCS (autoscaler v2,
+    KubeRay), else from the config file of the head's autoscaler (`ray up`, `ray start --head
+    --autoscaling-config`); a cluster without autoscaler can only have what it has."""
+    import ray
+    import yaml
+
+    now = {k: float(v) for k, v in ray.cluster_resources().items()}
+    shapes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    grow: dict = {}
+    try:
+        grow = ray._private.state.state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # a private API: its absence only means "no reported config"
+        grow = {}
+    if not grow:
+        path = _autoscaler_config_file()
+        if path is not None:
+            grow, more = autoscaling_maxima(yaml.safe_load(path.read_text()))
+            shapes += more
+    capacity = {k: max(now.get(k, 0.0), float(grow.get(k, 0.0))) for k in {*now, *grow}}
+    return capacity, shapes, now
+
+
+def plan_resources(opts: StudyOptions, cluster: dict, shapes: list[dict] | None = None) -> tuple[float, float, int]:
+    """(cpus, gpus) per trial and max concurrent trials from what the cluster can GROW to
+    (`cluster_capacity`), not what it has now: trials beyond the present nodes stay pending, and
+    pending demand is what makes the autoscaler add nodes. Asking for GPUs where no node type
+    has any, or for more than one node (type) holds, is an error here, never a trial that waits
+    forever."""
     cpus_total = float(cluster.get("CPU", 0))
     gpus_total = float(cluster.get("GPU", 0))
     if cpus_total <= 0:
-        raise UserError("the Ray cluster has no CPUs yet (are its workers still starting?)")
+        raise UserError("the Ray cluster has no CPUs and no node type that would add any")
     cpus = opts.cpus_per_trial if opts.cpus_per_trial is not None else (1.0 if cpus_total >= 2 else cpus_total)
     if cpus > cpus_total:
-        raise UserError(f"--cpus-per-trial {cpus:g} but the cluster has {cpus_total:g} CPUs")
+        raise UserError(f"--cpus-per-trial {cpus:g} but the cluster can have at most {cpus_total:g} CPUs")
     gpus = opts.gpus_per_trial
     if gpus is None:
         gpus = 0.0 if gpus_total == 0 else GPU_FRACTION
     if gpus > 0 and gpus_total == 0:
-        raise UserError(f"--gpus-per-trial {gpus:g} but the Ray cluster has no GPU (use 0, or attach with --address)")
+        raise UserError(f"--gpus-per-trial {gpus:g} but the Ray cluster has no GPU and no node type that would add one (use 0)")
     if gpus > gpus_total:
-        raise UserError(f"--gpus-per-trial {gpus:g} but the cluster has {gpus_total:g} GPUs")
+        raise UserError(f"--gpus-per-trial {gpus:g} but the cluster can have at most {gpus_total:g} GPUs")
+    if shapes and not any(s.get("CPU", 0) >= cpus - 1e-9 and s.get("GPU", 0) >= gpus - 1e-9 for s in shapes):
+        raise UserError(f"a trial asks for {cpus:g} CPU and {gpus:g} GPU, but no node (type) of the cluster has that much")
     fits = math.floor(cpus_total / cpus + 1e-9)
     if gpus > 0:
         fits = min(fits, math.floor(gpus_total / gpus + 1e-9))
     conc = max(1, fits if opts.max_concurrent is None else min(opts.max_concurrent, fits))
     return cpus, gpus, conc
+
+
+def waiting_note(cpus: float, gpus: float, capacity: dict, now: dict) -> str | None:
+    """A line for the user when no trial fits the cluster as it is now (a head without workers):
+    the study waits for the autoscaler instead of failing."""
+    if now.get("CPU", 0) >= cpus - 1e-9 and now.get("GPU", 0) >= gpus - 1e-9:
+        return None
+    have = f"{now.get('CPU', 0):g} CPU, {now.get('GPU', 0):g} GPU"
+    can = f"{capacity.get('CPU', 0):g} CPU, {capacity.get('GPU', 0):g} GPU"
+    return f"waiting for resources: the cluster has {have} now and can grow to {can}; trials start as the autoscaler adds nodes"
 
 
 def _quiet_ray(log_file: Path) -> None:
@@ -314,7 +397,8 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
         console.print(f"note: {panel.source}: {note}", highlight=False)
     started = connect(opts.address, opts.verbose)
     try:
-        cpus, gpus, conc = plan_resources(opts, ray.cluster_resources())
+        capacity, shapes, now = cluster_capacity()
+        cpus, gpus, conc = plan_resources(opts, capacity, shapes)
     except UserError:
         if started:
             ray.shutdown()
@@ -336,6 +420,9 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
     static = provenance()
     identity = study_identity(opts, panel, static)
     run = StudyRun(out=out, rows=[], cpus_per_trial=cpus, gpus_per_trial=gpus, max_concurrent=conc)
+    note = waiting_note(cpus, gpus, capacity, now)
+    if note and console is not None:
+        console.print(note, highlight=False, soft_wrap=True)
     common = {"identity": identity, "cpus": cpus}
     storage = opts.storage or str(out / "_tune")
     panel_ref = ray.put(panel)  # once per study, shared by every Tuner below
