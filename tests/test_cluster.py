@@ -4,6 +4,7 @@ the autoscaler fills in its provider defaults), plus what SPEC §5 asks of it.""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,91 @@ def test_cpu_head_gpu_workers_install_and_no_secrets(config):
         assert secret not in text
     assert "s3://" in text  # the shared storage path is documented
     assert all("127.0.0.1" in c for c in config["head_start_ray_commands"] if "--head" in c)
+
+
+# ---------------------------------------------------------------- issue 15: a cluster that works
+
+ROOT = YAML.parents[1]
+
+
+def _pins() -> dict:
+    """The project's pins: the `cluster` extra (what every node installs) and the Makefile's
+    torch (what `make test` runs with)."""
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cluster"]
+    pins = {}
+    for req in extra:
+        m = re.fullmatch(r"([a-z0-9_-]+)(?:\[[^\]]*\])?==([0-9.]+)", req.replace(" ", ""))
+        if m:
+            pins[m.group(1)] = m.group(2)
+    pins["make_torch"] = re.search(r'"torch==([0-9.]+)"', (ROOT / "Makefile").read_text()).group(1)
+    return pins
+
+
+def test_ray_and_torch_pins_agree_with_the_project(config):
+    import ray
+    import torch
+
+    pins = _pins()
+    images = {k: v for k, v in config["docker"].items() if k.endswith("image")}
+    assert images, "every node runs Ray's own image"
+    for key, image in images.items():
+        m = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)-(gpu|cpu|cu\d+)", image)
+        assert m, f"docker.{key}: {image} is not a pinned Ray image"
+        assert m.group(1) == pins["ray"] == ray.__version__, (key, image, pins["ray"], ray.__version__)
+        assert int(m.group(2)) >= 10, f"{image}: the project needs Python >= 3.10"
+    assert config["docker"]["image"].endswith("-gpu")  # the workers' image carries CUDA
+    assert pins["torch"] == pins["make_torch"] == torch.__version__.split("+")[0]
+    # The nodes install the extra that carries these pins.
+    assert any("[cluster]" in c for c in config["setup_commands"])
+
+
+def test_one_interpreter_installs_and_runs(config):
+    """`ray submit` runs `python ~/script.py`: setup must install with that same `python`."""
+    installs = [c for c in config["setup_commands"] if "pip" in c]
+    assert installs and all(c.startswith("python -m pip ") for c in installs), installs
+    assert not any(re.search(r"\bpython3\b|\bpip3?\s+install", c.replace("-m pip install", "")) for c in installs)
+
+
+def test_gpu_workers_start_at_zero_and_the_head_runs_no_trials(config):
+    nodes = config["available_node_types"]
+    head = nodes[config["head_node_type"]]
+    assert head["resources"]["CPU"] == 0
+    workers = [n for k, n in nodes.items() if k != config["head_node_type"]]
+    assert workers and all(w.get("min_workers", 0) == 0 and w["resources"].get("GPU", 0) > 0 for w in workers)
+
+
+def test_the_commit_travels_with_the_copy(config):
+    """Rows record `git_commit`: .git must reach the nodes (and git must be usable there)."""
+    import fnmatch
+
+    for pattern in config.get("rsync_exclude", []):
+        for path in (".git", "rvrae/.git", ".git/HEAD"):
+            assert not fnmatch.fnmatch(path, pattern), f"rsync_exclude {pattern!r} drops {path}"
+    assert any("git" in c for c in config["setup_commands"])
+
+
+def test_a_study_sizes_itself_from_what_the_yaml_can_grow_to(config):
+    """Before any worker exists, the study plans for 4 x (48 CPU, 4 GPU): 64 trials at 0.25 GPU,
+    so 64 pending trials ask the autoscaler for all four workers."""
+    from rvrae.study.runner import StudyOptions, autoscaling_maxima, plan_resources
+
+    grow, shapes = autoscaling_maxima(config)
+    assert grow == {"CPU": 192.0, "GPU": 16.0}
+    assert plan_resources(StudyOptions(study="robustness", models=["ipca"]), grow, shapes) == (1.0, 0.25, 64)
+
+
+def test_robustness_script_alone_finds_the_installed_package(tmp_path):
+    """What `ray submit` does: the script copied alone to another folder, run by the interpreter
+    the project is installed in."""
+    import shutil
+    import subprocess
+    import sys
+
+    script = shutil.copy(ROOT / "studies" / "robustness.py", tmp_path / "robustness.py")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, script, "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--address" in proc.stdout and "Table III" in proc.stdout

@@ -1,0 +1,116 @@
+"""Where a study runs and how big it plans to be (issues 13 and 15): a private local Ray unless
+--address / RAY_ADDRESS names a cluster, a failed attach is a one-line error (exit 2) and never
+a silent local fallback, and concurrency follows what the cluster can grow to."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from rvrae.errors import UserError
+from rvrae.study.runner import StudyOptions, autoscaling_maxima, plan_resources, resolve_address, waiting_note
+
+
+class _Stop(Exception):
+    """Raised by the fake ray.init once it has recorded its arguments."""
+
+
+@pytest.fixture
+def fake_init(monkeypatch):
+    """ray.init recorded instead of run: attaching raises ConnectionError as Ray does when no
+    cluster answers; starting a local instance stops the study right there (_Stop)."""
+    import ray
+
+    calls = []
+
+    def init(**kw):
+        calls.append(kw)
+        if kw.get("address") != "local":
+            raise ConnectionError("Could not find any running Ray instance.")
+        raise _Stop
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return calls
+
+
+def _args(data, out):
+    return ["--data", str(data), "--models", "ipca", "--seeds", "1", "--m", "10", "--split", "3/1/1", "--out", str(out)]
+
+
+def test_address_resolution(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert resolve_address(None) == "local"  # never another process's instance by accident
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert resolve_address(None) == "10.0.0.5:6379"
+    assert resolve_address("auto") == "auto"  # the flag wins over the environment
+
+
+def test_default_starts_a_private_local_ray(fake_init, tiny_data_file, tmp_path):
+    from rvrae.study.cli import main
+
+    with pytest.raises(_Stop):
+        main("robustness", _args(tiny_data_file, tmp_path / "out"))
+    assert [c["address"] for c in fake_init] == ["local"]
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_failed_attach_is_a_clear_error_not_a_local_fallback(how, fake_init, monkeypatch, tiny_data_file, tmp_path, capsys):
+    from rvrae.study.cli import main
+
+    out = tmp_path / "out"
+    args = _args(tiny_data_file, out)
+    if how == "flag":
+        args += ["--address", "auto"]
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    rc = main("robustness", args)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert ("--address auto: cannot attach" if how == "flag" else "RAY_ADDRESS=127.0.0.1:1: cannot attach") in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
+    assert [c["address"] for c in fake_init] == (["auto"] if how == "flag" else ["127.0.0.1:1"])  # no "local" after it
+    assert not out.exists()
+
+
+def test_maxima_respect_the_cluster_wide_worker_cap():
+    config = {
+        "max_workers": 4,
+        "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"CPU": 2}, "max_workers": 0},
+            "cpu": {"resources": {"CPU": 4}, "max_workers": 3},
+            "gpu": {"resources": {"CPU": 1, "GPU": 1}, "max_workers": 3},
+        },
+    }
+    grow, shapes = autoscaling_maxima(config)
+    # CPU: head 2 + three 4-CPU nodes + one more worker (1 CPU); GPU: three GPU nodes.
+    assert grow == {"CPU": 2 + 12 + 1, "GPU": 3}
+    assert {"CPU": 1, "GPU": 1} in shapes and {"CPU": 4} in shapes
+
+
+def test_a_head_without_workers_plans_for_growth_and_waits():
+    opts = StudyOptions(study="robustness", models=["ipca"])
+    grow, now = {"CPU": 96.0, "GPU": 8.0}, {"CPU": 0.0}
+    shapes = [{"CPU": 0.0}, {"CPU": 48.0, "GPU": 4.0}]
+    assert plan_resources(opts, grow, shapes) == (1.0, 0.25, 32)
+    assert "waiting for resources: the cluster has 0 CPU, 0 GPU now and can grow to 96 CPU, 8 GPU" in waiting_note(1.0, 0.25, grow, now)
+    assert waiting_note(1.0, 0.25, grow, {"CPU": 48.0, "GPU": 4.0}) is None
+    # A trial no node type can hold would wait forever: refused up front.
+    with pytest.raises(UserError, match="no node"):
+        plan_resources(StudyOptions(study="robustness", models=["ipca"], gpus_per_trial=8), grow, shapes)
+    with pytest.raises(UserError, match="no CPUs"):
+        plan_resources(opts, {"CPU": 0.0}, [{"CPU": 0.0}])
+
+
+def test_progress_line_says_when_trials_wait():
+    from rvrae.study.callbacks import LiveProgress
+
+    live = LiveProgress("robustness", None, total=4)
+    trials = [SimpleNamespace(status=s) for s in ("PENDING", "PENDING", "RUNNING", "TERMINATED")]
+    live.on_step_end(0, trials)
+    assert "2 waiting for resources" in live._render().plain
+    live.on_step_end(1, [SimpleNamespace(status="RUNNING")])
+    assert "waiting" not in live._render().plain
