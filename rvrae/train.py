@@ -85,12 +85,17 @@ def evaluate_loss(
     batch_months: int,
 ) -> float:
     """Mean loss over `months` in eval mode, without gradients. Sampling models draw from a
-    generator seeded here, so the validation loss is the same on every call."""
+    generator seeded here, so the validation loss is the same on every call; the CPU and CUDA
+    generators are restored after, so training's random numbers do not restart every epoch.
+    No months is an error: a loss of 0.0 would be the best early stopping ever saw."""
+    months = np.asarray(months)
+    if len(months) == 0:
+        raise ValueError("the validation set has no months to score (early stopping needs some): check the split")
     net.eval()
     total, count = 0.0, 0
-    months = np.asarray(months)
     state = torch.get_rng_state()
-    torch.manual_seed(0)
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    torch.manual_seed(0)  # seeds CUDA's generators too
     try:
         with torch.no_grad():
             for s in range(0, len(months), batch_months):
@@ -99,4 +104,6 @@ def evaluate_loss(
                 count += len(part)
     finally:
         torch.set_rng_state(state)
-    return total / max(1, count)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+    return total / count

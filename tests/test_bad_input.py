@@ -128,13 +128,12 @@ def _flag_cases(tmp_path: Path) -> list:
         (["--epochs", "0"], ["--epochs"]),
         (["--max-concurrent", "0"], ["--max-concurrent"]),
         (["--cpus-per-trial", "-1"], ["--cpus-per-trial"]),
-        (["--inject-fault", "ipca:explode"], ["--inject-fault"]),
         (["--out", str(blocker / "sub")], ["--out"]),
         (["--bogus-flag"], ["unrecognized"]),
     ]
 
 
-N_FLAG_CASES = 16
+N_FLAG_CASES = 15
 
 
 @pytest.mark.parametrize("i", range(N_FLAG_CASES))

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from faults import Faults
 from rvrae.results.store import METRIC_COLUMNS, read_results, result_files, write_row
 from rvrae.study.runner import StudyOptions, run_study
 
@@ -101,6 +102,9 @@ NODE_LOSS = textwrap.dedent(
     from rvrae.results.store import result_files
     from rvrae.study.runner import StudyOptions, run_study
 
+    sys.path.insert(0, sys.argv[3])  # tests/: the test-only fault hook
+    from faults import Faults
+
     out = Path(sys.argv[2])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
@@ -118,7 +122,7 @@ NODE_LOSS = textwrap.dedent(
         # worker goes, however fast the machine runs IPCA.
         opts = StudyOptions(study="robustness", models=["ipca"], seeds=6, m=[10], split=(3, 1, 1),
                             out=out, address=cluster.address, max_failures=3,
-                            faults={"ipca": "slow"})
+                            hook=Faults({"ipca": "slow"}))
         run = run_study(opts, panel=load_data(sys.argv[1]))
         print("rows", len(run.rows), "max_concurrent", run.max_concurrent, flush=True)
     finally:
@@ -130,7 +134,7 @@ NODE_LOSS = textwrap.dedent(
 @pytest.mark.slow
 def test_lost_node_study_completes_on_the_rest(tiny_data_file, tmp_path):
     out = tmp_path / "res"
-    proc = subprocess.Popen([sys.executable, "-c", NODE_LOSS, str(tiny_data_file), str(out)], env=ENV,
+    proc = subprocess.Popen([sys.executable, "-c", NODE_LOSS, str(tiny_data_file), str(out), str(Path(__file__).parent)], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=300)
@@ -155,7 +159,7 @@ def test_raising_and_nan_trials_are_error_rows_and_the_rest_completes(ray_sessio
     # ipca: seed 0 always raises, seed 1 fails its first attempt only; ca: seed 1's loss is NaN.
     opts = StudyOptions(study="benchmark", models=["ipca", "ca"], seeds=2, m=[0], epochs=1, out=out,
                         split=SPLIT, configs=dict(FAST), max_failures=1,
-                        faults={"ipca": "raise@0,flaky@1", "ca": "nan@1"})
+                        hook=Faults({"ipca": "raise@0,flaky@1", "ca": "nan@1"}))
     run_study(opts, panel=tiny_panel)
     df = read_results(out).set_index(["model", "seed"])
     assert _cells(df.reset_index()) == {(m, s, 0): 1 for m in ("ipca", "ca") for s in range(2)}
@@ -226,9 +230,9 @@ def test_crash_while_writing_leaves_nothing_readers_pick_up(tmp_path, capsys):
 def test_write_row_leaves_no_file_when_serialisation_raises(tmp_path):
     out = tmp_path / "res"
     write_row(out, _row("good"))
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError, match="float"):
         write_row(out, _row("bad", rank_ic=object()))  # not a number: the row cannot be written
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="did not recognize Python value type"):  # pyarrow.ArrowInvalid
         write_row(out, _row("bad2", extra=object()))  # not serialisable by Arrow
     folder = out / "study=benchmark" / "model=ipca"
     # The rename fails after the temp file was written (the target is a non-empty folder).
@@ -268,12 +272,26 @@ def _unsafe_loads(text: str) -> list[str]:
     return [c for c in calls if not re.search(r"weights_only\s*=\s*True", c)]
 
 
-def test_torch_load_only_with_weights_only():
-    assert _unsafe_loads("x = torch.load(path, map_location='cpu')\ny = torch.load(p, weights_only=True)") == [
+def _unpicklers(text: str) -> list[str]:
+    """Calls that unpickle a file: pickle / cloudpickle loads, torch.load without
+    weights_only=True, np.load with allow_pickle=True."""
+    found = [c for c in _unsafe_loads(text)]
+    found += re.findall(r"\b(?:pickle|cloudpickle)\.loads?\(", text)
+    found += re.findall(r"np\.load\([^)]*allow_pickle\s*=\s*True", text)
+    return found
+
+
+def test_nothing_unpickles_user_files():
+    """SPEC §8: a user's data file is never unpickled. The package's one unpickling call reads
+    Tune's own error file of this run (rvrae/study/callbacks.py); a new one must be reviewed."""
+    assert _unpicklers("torch.load(path, map_location='cpu')\ntorch.load(p, weights_only=True)") == [
         "torch.load(path, map_location='cpu')"
     ]
-    bad = {str(p.relative_to(ROOT)): _unsafe_loads(p.read_text()) for p in (ROOT / "rvrae").rglob("*.py")}
-    assert not {k: v for k, v in bad.items() if v}
+    assert _unpicklers("np.load(f, allow_pickle=True)") and not _unpicklers("np.load(f, allow_pickle=False)")
+    found = {str(p.relative_to(ROOT)): _unpicklers(p.read_text()) for p in (ROOT / "rvrae").rglob("*.py")}
+    assert {k: v for k, v in found.items() if v} == {"rvrae/study/callbacks.py": ["cloudpickle.load("]}
+    # the user-file reader: np.load with allow_pickle=False (the CPZ .npz)
+    assert "np.load(path, allow_pickle=False)" in (ROOT / "rvrae" / "data" / "io.py").read_text()
 
 
 def test_ray_is_started_without_a_public_dashboard():

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from faults import Faults
 from rvrae.errors import UserError
 from rvrae.results.store import read_results, result_files
 from rvrae.study.cli import main
@@ -39,9 +41,14 @@ def test_robustness_grid_rows_and_resume(ray_session, tiny_panel, tmp_path):
     assert (df["hp_epochs"].dropna() == 1).all()  # the --epochs cap reached the neural model
     gross = json.loads(df["ls_gross"].iloc[0])
     assert len(gross) == 12 == len(json.loads(df["ls_dates"].iloc[0]))
-    # Same seed, same data, CPU -> the same numbers in both models' seed-0 cells (IPCA is exact).
     ipca = df[df["model"] == "ipca"].set_index("seed")
     assert ipca.loc[0, "rank_ic"] != ipca.loc[1, "rank_ic"]  # seeds omit different stocks
+    # Same seed, same data, CPU -> the same numbers: a second study into another folder.
+    twin = read_results(run_study(_opts(tmp_path / "twin"), panel=tiny_panel).out, study="robustness")
+    metrics = ["rank_ic", "r2_total", "r2_pred", "omitted_rank_ic", "sharpe", "ls_gross"]
+    key = ["model", "seed"]
+    pd.testing.assert_frame_equal(df.sort_values(key)[key + metrics].reset_index(drop=True),
+                                  twin.sort_values(key)[key + metrics].reset_index(drop=True), check_exact=True)
 
     files = set(result_files(out, "robustness"))
     again = run_study(_opts(out, resume=True), panel=tiny_panel)  # grids resume from the store
@@ -60,7 +67,7 @@ def test_robustness_grid_rows_and_resume(ray_session, tiny_panel, tmp_path):
 
 def test_faults_become_error_rows(ray_session, tiny_panel, tmp_path):
     out = tmp_path / "res"
-    opts = _opts(out, study="benchmark", m=[0], seeds=1, faults={"ipca": "raise", "ca": "nan"})
+    opts = _opts(out, study="benchmark", m=[0], seeds=1, hook=Faults({"ipca": "raise", "ca": "nan"}))
     run_study(opts, panel=tiny_panel)
     df = read_results(out).set_index("model")
     assert set(df["status"]) == {"error"}
@@ -109,7 +116,7 @@ def test_resources_from_the_cluster():
         (["--m", "500"], "m = 500"),  # the tiny panel has 76 eligible stocks
         (["--configs", "BADJSON"], "not valid JSON"),
         (["--configs", "BADKEY"], "unknown config key"),
-        (["--data", "MISSINGFILE"], ""),
+        (["--data", "MISSINGFILE"], "no such file"),
         (["--seeds", "0"], "--seeds"),
         (["--split", "3/1"], "--split"),
         (["--bogus"], "unrecognized"),

@@ -66,3 +66,32 @@ def test_seed_everything_makes_torch_draws_repeat():
     a = torch.randn(5)
     seed_everything(7)
     assert torch.equal(a, torch.randn(5))
+
+
+def test_evaluate_loss_restores_the_cuda_generators_too(monkeypatch):
+    """Validation seeds every generator with 0; training's CUDA draws must go on from where
+    they were, not restart every epoch. A fake CUDA state stands in for the GPU."""
+    from rvrae.train import evaluate_loss
+
+    cuda = {"state": "training-draws"}
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [cuda["state"]])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: cuda.update(state=states[0]))
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: cuda.update(state=f"seeded {seed}"))
+    seen = []
+    net = _Toy()
+    loss = evaluate_loss(net, lambda b: seen.append(cuda["state"]) or net.w.sum() + 1.0, lambda m: m, np.arange(3), 2)
+    assert loss == pytest.approx(1.0)
+    assert seen == ["seeded 0", "seeded 0"]  # validation draws from the fixed seed ...
+    assert cuda["state"] == "training-draws"  # ... and training's generator is back as it was
+
+
+def test_empty_validation_set_is_an_error_not_a_perfect_loss():
+    from rvrae.train import evaluate_loss
+
+    with pytest.raises(ValueError, match="validation set has no months"):
+        evaluate_loss(_Toy(), lambda b: torch.tensor(1.0), lambda m: m, np.arange(0), 1)
+    net = _Toy()
+    with pytest.raises(ValueError, match="validation set has no months"):
+        fit_module(net, lambda b: (net.w - 1).pow(2).sum(), lambda m: m, lambda m: m, np.arange(4),
+                   np.arange(0), NeuralConfig(epochs=2, patience=1), seed=0)  # fmt: skip

@@ -92,7 +92,6 @@ def parser(study: str) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a killed study: every cell exactly once")
     p.add_argument("--verbose", action="store_true", help="show Ray's own output")
     add_loader_flags(p)
-    p.add_argument("--inject-fault", action="append", default=None, help=argparse.SUPPRESS)  # tests: MODEL:raise|nan|flaky[@SEED]
     if study == "tune":
         p.add_argument("--samples", type=int, default=16, help="Optuna trials per model")
         p.add_argument("--metric", default="valid_rank_ic", help="objective (a validation metric)")
@@ -103,7 +102,7 @@ def parser(study: str) -> argparse.ArgumentParser:
 def options(study: str, argv: list[str] | None):
     """Parse argv into StudyOptions (validating names, lists and the configs file)."""
     from rvrae.models.registry import parse_models
-    from rvrae.study.runner import DEFAULT_M, StudyOptions, load_configs, parse_faults
+    from rvrae.study.runner import DEFAULT_M, StudyOptions, load_configs
 
     a = parser(study).parse_args(argv)
     models = parse_models(a.models)
@@ -118,7 +117,7 @@ def options(study: str, argv: list[str] | None):
         configs=load_configs(a.configs, models), cpus_per_trial=a.cpus_per_trial, load=loader_options(a),
         config_source=f"--configs {a.configs}" if a.configs else "defaults",
         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, address=a.address,
-        resume=a.resume, verbose=a.verbose, faults=parse_faults(a.inject_fault, models),
+        resume=a.resume, verbose=a.verbose,
         storage=a.storage, max_failures=a.max_failures, split=_split(a.split), **extra,
     )
 

@@ -19,10 +19,11 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from rvrae.errors import UserError
 from rvrae.identity import StudyIdentity
-from rvrae.study.trainable import FAULTS, model_config, resolved_config, train_trial
+from rvrae.study.trainable import model_config, resolved_config, train_trial
 
 STUDIES = ("tune", "benchmark", "robustness")
 DEFAULT_M = {"tune": [0], "benchmark": [0], "robustness": [50, 100, 150]}
@@ -49,7 +50,7 @@ class StudyOptions:
     samples: int = 16  # tune: Optuna trials per model
     metric: str = "valid_rank_ic"  # tune objective
     mode: str = "max"
-    faults: dict = field(default_factory=dict)  # test-only: model -> "KIND" or "KIND@SEED" (see parse_faults)
+    hook: Callable | None = None  # the one test hook (trial key "hook", rvrae.study.trainable); None here
     split: tuple[int, int, int] = (15, 3, 3)
     max_failures: int = 1  # Tune retries a failed trial this often before the error row
     storage: str | None = None  # Tune experiment storage (default <out>/_tune; S3 on a cluster)
@@ -114,29 +115,6 @@ def check_out(out: Path) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: not writable ({probe} does not allow writing)")
-
-
-def parse_faults(specs: list[str] | None, models: list[str]) -> dict:
-    """Test-only `--inject-fault MODEL:KIND[@SEED]` -> {model: "KIND" or "KIND@SEED"}: every
-    trial of MODEL (or only its seed SEED) gets the fault (`rvrae.study.trainable.inject_fault`)."""
-    out: dict[str, str] = {}
-    for s in specs or []:
-        name, _, spec = s.partition(":")
-        kind, at, seed = spec.partition("@")
-        if name not in models or kind not in FAULTS or (at and not seed.isdigit()):
-            raise UserError(f"--inject-fault {s!r}: expected MODEL:{'|'.join(FAULTS)}[@SEED] with MODEL in --models")
-        out[name] = f"{out[name]},{spec}" if name in out else spec  # repeated: one per seed
-    return out
-
-
-def fault_of(spec: str | None, seed: int) -> str | None:
-    """The fault kind a trial of `seed` gets from a faults entry ("KIND", "KIND@SEED", or a
-    comma-separated list of those; the first that applies wins)."""
-    for part in (spec or "").split(","):
-        kind, at, only = part.partition("@")
-        if kind and (not at or int(only) == seed):
-            return kind
-    return None
 
 
 def validate(opts: StudyOptions) -> None:
@@ -352,11 +330,7 @@ def grid_cells(opts: StudyOptions) -> list[dict]:
     for name in opts.models:
         for m in opts.m:
             for seed in range(opts.seeds):
-                cell = {"model": name, "seed": seed, "m": m, "hp": dict(opts.configs.get(name, {}))}
-                fault = fault_of(opts.faults.get(name), seed)
-                if fault:
-                    cell["fault"] = fault
-                cells.append(cell)
+                cells.append({"model": name, "seed": seed, "m": m, "hp": dict(opts.configs.get(name, {}))})
     return cells
 
 
@@ -424,6 +398,8 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
     if note and console is not None:
         console.print(note, highlight=False, soft_wrap=True)
     common = {"identity": identity, "cpus": cpus}
+    if opts.hook is not None:
+        common["hook"] = opts.hook
     storage = opts.storage or str(out / "_tune")
     panel_ref = ray.put(panel)  # once per study, shared by every Tuner below
     try:
@@ -525,9 +501,6 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
     sink = ParquetSink(str(run.out), "tune", static)
     live = LiveProgress(f"tune {name}", opts.metric, opts.mode, total=samples, console=console)
     constants = {**common, "model": name, "seed": 0, "m": 0, "hp": dict(opts.configs.get(name, {}))}
-    fault = fault_of(opts.faults.get(name), 0)
-    if fault:
-        constants["fault"] = fault
 
     def make_tuner():
         search = OptunaSearch(space=get_spec(name).space, metric=opts.metric, mode=opts.mode, seed=0)

@@ -236,13 +236,11 @@ def tune_wall(g: Grid, panel, concurrent: int) -> float:
 
 
 def inprocess_wall(g: Grid, panel) -> float:
-    """The same trials, `train_trial` called one after another in this process (Tune's report
-    replaced by a no-op): the work without the harness. The clock starts before torch is
+    """The same trials, `train_trial` called one after another in this process (reporting to
+    a no-op instead of Tune): the work without the harness. The clock starts before torch is
     first used, so in a new process (`inprocess_cold_wall`) it includes torch's import and
     first-use costs, as a Tune trial actor's does."""
-    from unittest import mock
-
-    import ray.tune  # noqa: F401  (the no-op report patches it; not part of the trials' work)
+    import ray.tune  # noqa: F401  (imported by every Tune trial before its work too)
 
     from rvrae.study.runner import grid_cells, study_identity
     from rvrae.study.trainable import train_trial
@@ -250,9 +248,9 @@ def inprocess_wall(g: Grid, panel) -> float:
     opts = grid_options(g, Path("."), 1)
     common = {"identity": study_identity(opts, panel), "cpus": 1}
     t0 = time.perf_counter()
-    with torch_threads(1), mock.patch("ray.tune.report", lambda *a, **k: None):
+    with torch_threads(1):
         for cell in grid_cells(opts):
-            train_trial({**common, "cell": cell}, panel)
+            train_trial({**common, "cell": cell}, panel, report=lambda result: None)
     return time.perf_counter() - t0
 
 

@@ -15,7 +15,10 @@ Trial config keys (everything else is a model hyperparameter, e.g. what Optuna s
                         objective (epoch reports carry it as NaN: OptunaSearch reads the
                         metric from every result)
     cpus                CPUs of the trial: torch threads are set to match
-    fault               test-only fault injection ("raise" | "nan"), see `inject_fault`
+    hook                the one test hook (None in every real study): a picklable callable
+                        `hook(train_panel, config) -> train_panel` run just before the fit.
+                        Tests inject faults through it (tests/faults.py); nothing test-only
+                        lives here.
     cell                grids: a dict of the keys above, the one grid-searched value
 """
 
@@ -30,8 +33,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-RESERVED = ("model", "seed", "m", "hp", "identity", "cpus", "fault", "cell")
-FAULTS = ("raise", "nan", "flaky", "slow")
+RESERVED = ("model", "seed", "m", "hp", "identity", "cpus", "hook", "cell")
 
 
 def flat(config: dict) -> dict:
@@ -100,38 +102,41 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
     return out
 
 
-def inject_fault(kind: str | None, train):
-    """Test-only faults honoured by the production path (set by `--inject-fault MODEL:KIND`):
-    "raise" fails the trial outright; "nan" poisons the training returns, so a neural model's
-    loss turns NaN (FloatingPointError in rvrae.train) and any other model's forecast does;
-    "flaky" fails the trial's first attempt only (a marker in its trial dir), so Tune's retry
-    (FailureConfig) succeeds; "slow" holds the trial for a second, so a fault scenario (a node
-    removed mid-study) is sure to find trials still to run."""
-    if kind is None:
-        return train
-    if kind == "raise":
-        raise RuntimeError("injected fault: raise")
-    if kind == "flaky":
-        from ray import tune
+def trial_device(gpu_ids: list, cuda_available: bool) -> str:
+    """"cuda" for a trial that holds a GPU share, "cpu" for one that holds none. A GPU share
+    without CUDA in the trial's process is an error (an error row), never a silent CPU run
+    that holds a GPU it does not use and reports CPU timings as GPU ones."""
+    if not gpu_ids:
+        return "cpu"
+    if not cuda_available:
+        import torch
 
-        marker = os.path.join(tune.get_context().get_trial_dir(), ".flaky_fault_seen")
-        if not os.path.exists(marker):
-            open(marker, "w").close()
-            raise RuntimeError("injected fault: flaky (first attempt)")
-        return train
-    if kind == "nan":
-        return dataclasses.replace(train, ret=np.full_like(train.ret, np.nan))
-    if kind == "slow":
-        time.sleep(1.0)
-        return train
-    raise ValueError(f"unknown fault {kind!r}")
+        raise RuntimeError(
+            f"this trial holds GPU {','.join(map(str, gpu_ids))} but torch sees no CUDA device in its process "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}): install a CUDA build of "
+            "torch on the GPU nodes, or run with --gpus-per-trial 0"
+        )
+    return "cuda"
 
 
-def train_trial(config: dict, panel) -> None:
-    """The trainable. Reports per epoch (train_loss, valid_loss), then every metric once."""
+def check_finite(name: str, fc, months: np.ndarray, live: np.ndarray) -> None:
+    """Every output the metrics use must be finite on the scored stock-months: a NaN β or
+    f_post would otherwise give an "ok" row whose metrics the tables silently drop."""
+    parts = {"r_hat": fc.r_hat[months][live], "beta": fc.beta[months][live], "f_post": fc.f_post[months],
+             "f_prior": fc.f_prior[months]}  # fmt: skip
+    if fc.r_std is not None:
+        parts["r_std"] = fc.r_std[months][live]
+    bad = [k for k, v in parts.items() if not np.isfinite(v).all()]
+    if bad:
+        raise FloatingPointError(f"{name} produced non-finite {', '.join(bad)} on the scored months")
+
+
+def train_trial(config: dict, panel, report=None) -> None:
+    """The trainable. Reports per epoch (train_loss, valid_loss), then every metric once, to
+    `report` (default `ray.tune.report`; callers outside Tune, such as the speed study's
+    in-process reference and the tests, pass their own)."""
     import ray
     import torch
-    from ray import tune
 
     from rvrae.data.panel import omit_stocks, split_by_years
     from rvrae.models.registry import make_model
@@ -142,8 +147,9 @@ def train_trial(config: dict, panel) -> None:
     # Called outside Ray (the speed study's in-process reference), ask Ray nothing: its
     # queries would start a local instance.
     in_ray = ray.is_initialized()
-    gpu = in_ray and bool(ray.get_gpu_ids()) and torch.cuda.is_available()
-    device = "cuda" if gpu else "cpu"
+    if report is None:
+        from ray.tune import report
+    device = trial_device(ray.get_gpu_ids() if in_ray else [], torch.cuda.is_available())
     seed, m = int(config["seed"]), int(config["m"])
     meta = {
         "started_at": now_iso(), "device": device, "hostname": socket.gethostname(),
@@ -156,7 +162,8 @@ def train_trial(config: dict, panel) -> None:
     omitted = omit_stocks(train, test, m, seed)  # depends on (seed, m, panel) only
     train = train.view(train.target_months, drop=omitted)
     valid = valid.view(valid.target_months, drop=omitted)
-    train = inject_fault(config.get("fault"), train)
+    if config.get("hook") is not None:  # tests only (fault injection): see the module docstring
+        train = config["hook"](train, config)
     model = make_model(config["model"], model_config(config))
 
     epochs = [0]
@@ -166,7 +173,7 @@ def train_trial(config: dict, panel) -> None:
         rep = {"train_loss": float(record["train_loss"]), "valid_loss": float(record["valid_loss"])}
         if objective:
             rep[objective] = float("nan")  # not known before the end of the fit
-        tune.report({**rep, **meta, "epochs": epoch})
+        report({**rep, **meta, "epochs": epoch})
 
     t0 = time.perf_counter()
     model.fit(train, valid, seed=seed, device=device, progress=progress)
@@ -174,8 +181,7 @@ def train_trial(config: dict, panel) -> None:
     fc = model.predict(panel, np.arange(panel.T))  # once, over all months, on the full panel
     scored = np.concatenate([valid.target_months, test.target_months])
     live = panel.mask[scored]
-    if not np.isfinite(fc.r_hat[scored][live]).all():
-        raise FloatingPointError(f"{config['model']} produced non-finite forecasts")
+    check_finite(config["model"], fc, scored, live)
     metrics = evaluate(panel, fc, valid.target_months, test.target_months, omitted)
     history = getattr(model, "history_", None)
     final = {
@@ -183,7 +189,7 @@ def train_trial(config: dict, panel) -> None:
         "epochs": len(history) if history is not None else epochs[0],
         "fit_seconds": fit_seconds, "finished_at": now_iso(),
     }
-    tune.report(final)
+    report(final)
 
 
 def warm_worker() -> None:

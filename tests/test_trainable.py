@@ -1,0 +1,74 @@
+"""The trainable's own checks, outside Ray (results go to a list through `report`): a trial
+holding a GPU share without CUDA, and non-finite model outputs, are errors (error rows in a
+study), never an "ok" row that is quietly wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from rvrae.identity import StudyIdentity
+from rvrae.study import trainable
+from rvrae.study.trainable import train_trial, trial_device
+
+SPLIT = (3, 1, 1)
+
+
+def _config(model="ipca", **kw):
+    ident = StudyIdentity("fp", "tiny", SPLIT, 1)
+    return {"model": model, "seed": 0, "m": 0, "hp": {}, "identity": ident, "cpus": 1, **kw}
+
+
+def test_a_gpu_share_without_cuda_is_an_error():
+    assert trial_device([], False) == "cpu" and trial_device([0], True) == "cuda"
+    with pytest.raises(RuntimeError, match="holds GPU 0 but torch sees no CUDA.*--gpus-per-trial 0"):
+        trial_device([0], False)
+
+
+def test_train_trial_refuses_a_gpu_share_it_cannot_use(tiny_panel, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    reports = []
+    with pytest.raises(RuntimeError, match="no CUDA"):
+        train_trial(_config(), tiny_panel, report=reports.append)
+    assert reports == []  # nothing ran on the CPU in its place
+
+
+@pytest.mark.parametrize("field", ["beta", "f_post", "r_hat"])
+def test_non_finite_outputs_are_errors(field, tiny_panel, monkeypatch):
+    from rvrae.models import registry
+
+    real = registry.make_model
+
+    class Poisoned:
+        def __init__(self, model):
+            self.model = model
+
+        def fit(self, *a, **k):
+            self.model.fit(*a, **k)
+            return self
+
+        def predict(self, panel, months):
+            fc = self.model.predict(panel, months)
+            bad = getattr(fc, field).copy()
+            bad[-1] = np.nan  # the last (test) month
+            return dataclasses.replace(fc, **{field: bad})
+
+    monkeypatch.setattr(registry, "make_model", lambda name, cfg: Poisoned(real(name, cfg)))
+    reports = []
+    with pytest.raises(FloatingPointError, match=f"non-finite {field}"):
+        train_trial(_config(), tiny_panel, report=reports.append)
+    assert not any("rank_ic" in r for r in reports)  # no metrics were reported as a result
+
+
+def test_report_hook_gets_every_metric(tiny_panel):
+    reports = []
+    train_trial(_config(), tiny_panel, report=reports.append)
+    assert np.isfinite(reports[-1]["rank_ic"]) and reports[-1]["device"] == "cpu"
+    assert trainable.RESERVED.count("hook") == 1
