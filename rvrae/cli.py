@@ -113,12 +113,15 @@ def table(
 @app.command("plot")
 def plot(
     directory: Path,
-    out: Path = typer.Option(..., "--out", help="folder for the PNG figures"),
+    out: Path = typer.Option(..., "--out", help="folder for the figures"),
+    fmt: str = typer.Option("png", "--format", help="png, svg or pdf"),
+    identity: Optional[int] = typer.Option(None, help="draw study identity N where a study's rows hold several"),
 ):
-    """PNG figures: cumulative long-short returns, Rank IC by m, tuning history."""
+    """Figures: cumulative long-short returns with their spread over seeds, Rank IC by m,
+    tuning history; each title names the data and the split."""
     from rvrae.results.plots import make_plots
 
-    for p in make_plots(directory, out):
+    for p in make_plots(directory, out, fmt=fmt, identity=identity):
         console.print(f"wrote {p}")
 
 

@@ -118,3 +118,15 @@ def test_bad_identity_choice_is_one_line(tmp_path, capsys):
     assert "--identity 2" in capsys.readouterr().err
     with pytest.raises(UserError, match="1 identities"):
         build_tables(read_results(tmp_path), identity=5)
+
+
+def test_a_figure_never_mixes_identities(tmp_path, capsys):
+    for i, split in enumerate(("3/1/1", "2/1/1")):
+        ident = StudyIdentity("fp", "p.parquet", tuple(map(int, split.split("/"))), None).columns()
+        write_row(tmp_path, _row(f"t{i}", {}, ls_gross=[0.01, 0.02], ls_net=[0.0, 0.01],
+                                 ls_dates=["2020-01", "2020-02"], **ident))  # fmt: skip
+    figs = tmp_path / "figs"
+    assert rvrae_main(["plot", str(tmp_path), "--out", str(figs)]) == 2
+    assert "--identity" in capsys.readouterr().err and not figs.exists()
+    assert rvrae_main(["plot", str(tmp_path), "--out", str(figs), "--identity", "2"]) == 0
+    assert [p.name for p in figs.iterdir()] == ["cumulative_long_short.png"]

@@ -273,6 +273,11 @@ def test_plots(results_dir, tmp_path, capsys):
     for name in pngs:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    for fmt, magic in (("svg", b"<?xml"), ("pdf", b"%PDF")):
+        assert main(["plot", str(results_dir), "--out", str(tmp_path / fmt), "--format", fmt]) == 0
+        assert sorted(p.suffix for p in (tmp_path / fmt).iterdir()) == [f".{fmt}"] * 3
+        assert all(p.read_bytes().startswith(magic) for p in (tmp_path / fmt).iterdir())
+    assert main(["plot", str(results_dir), "--out", str(tmp_path / "gif"), "--format", "gif"]) == 2
     only_speed = tmp_path / "speed"
     write_row(only_speed, dict(study="speed", model="ca", trial_id="a", fit_seconds=1.0))
     assert main(["plot", str(only_speed), "--out", str(tmp_path / "none")]) == 2
@@ -305,3 +310,34 @@ def test_tune_objective_from_rows(tmp_path):
     (t,) = build_tables(read_results(tmp_path), "tune")
     assert t.frame.loc["rvrae", ("valid_nll", 0, "mean")] == pytest.approx(0.7)
     assert t.extra["best config"]["rvrae"] == "lr=0.1" and "minimised" in t.caption
+
+
+def test_plot_contents(results_dir):
+    """Spread bands over seeds, the data and split in the title, integer trial ticks, m ticks
+    at the m studied, the best so far as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rvrae.results import plots
+
+    figs = {}
+
+    def keep(fig, name):
+        figs[name] = fig
+        return name
+
+    ok = read_results(results_dir)
+    ok = ok[ok["status"] == "ok"]
+    for f in (plots._plot_long_short, plots._plot_rank_ic_by_m, plots._plot_tune_history):
+        f(ok, plt, keep)
+    ls = figs["cumulative_long_short"].axes[0]
+    assert "data panel.parquet" in ls.get_title() and "split 15/3/3" in ls.get_title()
+    assert len(ls.collections) == 3  # one ± std band per model (4 seeds each)
+    assert [t for t in figs["rank_ic_by_m"].axes[0].get_xticks()] == [50, 100]
+    tune = figs["tune_history"].axes[0]
+    assert all(line.get_drawstyle() == "steps-post" for line in tune.get_lines())
+    ticks = [t for t in tune.get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    plt.close("all")

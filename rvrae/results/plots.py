@@ -1,12 +1,15 @@
-"""PNG figures from a results folder (SPEC §7, `rvrae plot`).
+"""Figures from a results folder (SPEC §7, `rvrae plot`), as PNG, SVG or PDF.
 
-* `cumulative_long_short.png`: cumulative decile long-short return per model, without and
-  with 30 bps costs — the mean over seeds of the per-month series the harness stores as
-  JSON lists (`ls_gross`, `ls_net`, `ls_dates`) in each benchmark row (m = 0).
-* `rank_ic_by_m.png`: Rank IC on the omitted stocks against m, mean ± std over seeds
-  (robustness study).
-* `tune_history.png`: the tune study's objective (`valid_rank_ic`) in trial order with its
-  running best, per model.
+* `cumulative_long_short`: cumulative decile long-short return per model, without and with
+  30 bps costs: the mean over seeds of each seed's cumulative series (from the per-month
+  JSON lists `ls_gross`, `ls_net`, `ls_dates` of each benchmark row, m = 0), with a band of
+  ± one standard deviation over seeds.
+* `rank_ic_by_m`: Rank IC on the omitted stocks against m (ticks at the m studied), mean ±
+  std over seeds (robustness study).
+* `tune_history`: the tune study's stored objective in trial order (integer ticks) with its
+  best so far as a step line, per model.
+Every title names the data and the split. One figure never mixes study identities: a study
+whose rows hold several asks for `--identity N` (rvrae.results.tables.select_identity).
 A figure whose data is absent is skipped; nothing to plot at all is a UserError.
 """
 
@@ -21,7 +24,9 @@ import pandas as pd
 from rvrae.errors import UserError
 from rvrae.results.render import model_label
 from rvrae.results.store import read_results
-from rvrae.results.tables import TUNE_OBJECTIVE, ok_rows, order_rows, tune_objective
+from rvrae.results.tables import ok_rows, order_rows, select_identity, tune_objective
+
+FORMATS = ("png", "svg", "pdf")
 
 
 def _series(v) -> list | None:
@@ -36,8 +41,9 @@ def _series(v) -> list | None:
     return None
 
 
-def _mean_series(rows: pd.DataFrame, col: str) -> pd.Series | None:
-    """Mean over rows (seeds) of a JSON per-month series, aligned on `ls_dates` if present."""
+def _cumulative(rows: pd.DataFrame, col: str) -> pd.DataFrame | None:
+    """[months, seeds]: each row's (seed's) cumulative per-month series, aligned on
+    `ls_dates` when present."""
     parts = []
     for _, r in rows.iterrows():
         s = _series(r.get(col))
@@ -45,17 +51,36 @@ def _mean_series(rows: pd.DataFrame, col: str) -> pd.Series | None:
             continue
         dates = _series(r.get("ls_dates")) if "ls_dates" in rows.columns else None
         index = pd.to_datetime(dates) if dates and len(dates) == len(s) else pd.RangeIndex(len(s))
-        parts.append(pd.Series(np.asarray(s, dtype=float), index=index))
+        parts.append(pd.Series(np.asarray(s, dtype=float), index=index).fillna(0).cumsum())
     if not parts:
         return None
-    return pd.concat(parts, axis=1).mean(axis=1)
+    return pd.concat(parts, axis=1)
 
 
-def _plot_long_short(ok: pd.DataFrame, plt, out: Path) -> Path | None:
+def where(rows: pd.DataFrame) -> str:
+    """The data and split of the rows, for a title ("" when the rows do not say)."""
+    if rows.empty:
+        return ""
+    first = rows.iloc[0]
+    source = str(first.get("data_source") or "")
+    split = str(first.get("split") or "")
+    parts = ([f"data {Path(source).name or source}"] if source else []) + ([f"split {split}"] if split else [])
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _one_identity(ok: pd.DataFrame, study: str, identity: int | None) -> pd.DataFrame:
+    rows = ok[ok["study"] == study]
+    if rows.empty:
+        return rows
+    return select_identity(rows, identity, one=True, what=f"a {study} figure")[0]
+
+
+def _plot_long_short(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
     if "ls_gross" not in ok.columns:
         return None
-    study = "benchmark" if (ok["study"] == "benchmark").any() else None
-    rows = ok[(ok["study"] == study) if study else ok["ls_gross"].notna()]
+    rows = _one_identity(ok, "benchmark", identity)
+    if rows.empty:
+        return None
     if (rows["m"] == 0).any():
         rows = rows[rows["m"] == 0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -63,25 +88,31 @@ def _plot_long_short(ok: pd.DataFrame, plt, out: Path) -> Path | None:
     for model in order_rows(rows["model"].unique()):
         sub = rows[rows["model"] == model]
         for ax, col in zip(axes, ("ls_gross", "ls_net")):
-            s = _mean_series(sub, col) if col in sub.columns else None
-            if s is not None:
-                ax.plot(s.index, s.fillna(0).cumsum(), label=model_label(model))
-                drawn = True
+            cum = _cumulative(sub, col) if col in sub.columns else None
+            if cum is None:
+                continue
+            mean = cum.mean(axis=1)
+            (line,) = ax.plot(mean.index, mean, label=f"{model_label(model)} (n = {cum.shape[1]})")
+            if cum.shape[1] > 1:  # spread over seeds: ± one std of the cumulative return
+                sd = cum.std(axis=1, ddof=1)
+                ax.fill_between(mean.index, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, lw=0)
+            drawn = True
     if not drawn:
         plt.close(fig)
         return None
-    axes[0].set_title("Long-short, no costs")
+    axes[0].set_title("Long-short, no costs" + where(rows))
     axes[1].set_title("Long-short, 30 bps costs")
-    axes[0].set_ylabel("cumulative return (sum of monthly)")
+    axes[0].set_ylabel("cumulative return (sum of monthly); band: ± 1 std over seeds")
     for ax in axes:
         ax.axhline(0, color="grey", lw=0.5)
         ax.legend(fontsize=8)
     fig.autofmt_xdate()
-    return _save(fig, plt, out / "cumulative_long_short.png")
+    return save(fig, "cumulative_long_short")
 
 
-def _plot_rank_ic_by_m(ok: pd.DataFrame, plt, out: Path) -> Path | None:
-    rows = ok[(ok["study"] == "robustness") & (ok["m"] > 0)]
+def _plot_rank_ic_by_m(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
+    rows = _one_identity(ok, "robustness", identity)
+    rows = rows[rows["m"] > 0] if len(rows) else rows
     if "omitted_rank_ic" not in rows.columns or not rows["omitted_rank_ic"].notna().any():
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -92,15 +123,20 @@ def _plot_rank_ic_by_m(ok: pd.DataFrame, plt, out: Path) -> Path | None:
         offset = (i - (len(models) - 1) / 2) * 0.01 * max(1, np.ptp(s.index.to_numpy()))  # un-overlap bars
         ax.errorbar(s.index + offset, s["mean"], yerr=s["std"].fillna(0), marker="o", capsize=3,
                     label=model_label(model))  # fmt: skip
+    ax.set_xticks(sorted(int(m) for m in g.index.get_level_values(1).unique()))  # the m studied
     ax.set_xlabel("m (stocks omitted from training)")
     ax.set_ylabel("Rank IC on omitted stocks")
-    ax.set_title("Robustness: mean ± std over seeds")
+    ax.set_title("Robustness: mean ± std over seeds" + where(rows))
     ax.legend(fontsize=8)
-    return _save(fig, plt, out / "rank_ic_by_m.png")
+    return save(fig, "rank_ic_by_m")
 
 
-def _plot_tune_history(ok: pd.DataFrame, plt, out: Path) -> Path | None:
-    rows = ok[ok["study"] == "tune"]
+def _plot_tune_history(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
+    from matplotlib.ticker import MaxNLocator
+
+    rows = _one_identity(ok, "tune", identity)
+    if rows.empty:
+        return None
     objective, mode = tune_objective(rows)
     if objective not in rows.columns or not rows[objective].notna().any():
         return None
@@ -112,39 +148,49 @@ def _plot_tune_history(ok: pd.DataFrame, plt, out: Path) -> Path | None:
             sub = sub.sort_values(["started_at", "trial_id"])
         y = sub[objective].to_numpy(float)
         x = np.arange(1, len(y) + 1)
-        (line,) = ax.plot(x, best_so_far(y), label=f"{model_label(model)} (best so far)")
+        # the best so far holds until a better trial: a step, not a line between trials
+        (line,) = ax.step(x, best_so_far(y), where="post", label=f"{model_label(model)} (best so far)")
         ax.scatter(x, y, s=12, color=line.get_color(), alpha=0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
-    ax.set_ylabel(objective)
-    ax.set_title("Tuning history")
+    ax.set_ylabel(f"{objective} ({mode})")
+    ax.set_title("Tuning history" + where(rows))
     ax.legend(fontsize=8)
-    return _save(fig, plt, out / "tune_history.png")
+    return save(fig, "tune_history")
 
 
-def _save(fig, plt, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def make_plots(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write every figure the results allow into `out_dir`; returns their paths."""
+def make_plots(results_dir: str | Path, out_dir: str | Path, fmt: str = "png", identity: int | None = None) -> list[Path]:
+    """Write every figure the results allow into `out_dir` as `fmt` (png, svg or pdf);
+    returns their paths. `identity`: which study identity to draw where a study has several
+    (checked for every study before anything is written)."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown figure format {fmt!r} (known: {', '.join(FORMATS)})")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = ok_rows(read_results(results_dir))
+    for study in ("benchmark", "robustness", "tune"):
+        _one_identity(ok, study, identity)  # several identities without a choice: UserError now
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    paths = [p for p in (f(ok, plt, out) for f in (_plot_long_short, _plot_rank_ic_by_m, _plot_tune_history)) if p]
+
+    def save(fig, name: str) -> Path:
+        path = out / f"{name}.{fmt}"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120, format=fmt)
+        plt.close(fig)
+        return path
+
+    figures = (_plot_long_short, _plot_rank_ic_by_m, _plot_tune_history)
+    paths = [p for p in (f(ok, plt, save, identity) for f in figures) if p]
     if not paths:
         if created:
             out.rmdir()
         raise UserError(
             f"nothing to plot in {str(results_dir)!r}: no long-short series (ls_gross), robustness "
-            f"omitted_rank_ic or tune {TUNE_OBJECTIVE} in successful trials"
+            "omitted_rank_ic or tune objective in successful trials"
         )
     return paths
