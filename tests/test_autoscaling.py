@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,9 @@ from rvrae.results.store import read_results
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 WORKERS = 2  # the worker type's max_workers: the study must use both
+
+# Our processes are found (and the study finds the autoscaler's config) through /proc.
+pytestmark = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
 
 
 def _free_port() -> int:
@@ -132,6 +136,7 @@ def fake_cluster():
         left = _end(head, tmp)
         assert not left, f"fake cluster processes left behind: {sorted(left)}"
         assert head.poll() is not None
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.mark.slow
