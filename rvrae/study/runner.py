@@ -165,6 +165,13 @@ def prepare(opts: StudyOptions):
 # ---------------------------------------------------------------- Ray
 
 
+def resolve_address(address: str | None) -> str:
+    """Where a study runs: `--address`, else the cluster `RAY_ADDRESS` names, else "local" (a
+    private instance of its own: never another process's Ray found on the machine by accident,
+    which would queue the study behind someone else's trials)."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def ray_init_kwargs(address: str | None = None, verbose: bool = False) -> dict:
     """The `ray.init` arguments of `connect`: attach to `address` ("auto" or host:port), or
     (None / "local") start a private local instance WITHOUT a dashboard, so no HTTP endpoint is
