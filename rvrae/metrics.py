@@ -24,6 +24,8 @@ import math
 import numpy as np
 from scipy.stats import norm
 
+from rvrae.npx import tie_average_ranks
+
 TEST_METRICS = (
     "r2_total", "r2_pred", "r2_forecast", "ic", "icir", "rank_ic", "rank_icir",
     "sharpe", "sharpe_net", "turnover", "coverage90", "nll",
@@ -58,22 +60,8 @@ def r2_pred(ret, beta, lam, mask) -> float:
 def _ranks(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per-row ranks 1..n of the masked entries (average rank for ties), NaN elsewhere.
 
-    One argsort over the whole array: masked-out entries are set to +inf so they sort last."""
-    t, n = x.shape
-    v = np.where(mask, x, np.inf)
-    order = np.argsort(v, axis=1, kind="stable")
-    s = np.take_along_axis(v, order, axis=1)
-    pos = np.broadcast_to(np.arange(n), (t, n))
-    # Runs of equal values: each position's run start (forward max) and run end (backward min).
-    new = np.ones((t, n), dtype=bool)
-    new[:, 1:] = s[:, 1:] != s[:, :-1]
-    start = np.maximum.accumulate(np.where(new, pos, 0), axis=1)
-    last = np.ones((t, n), dtype=bool)
-    last[:, :-1] = new[:, 1:]
-    end = np.minimum.accumulate(np.where(last, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]
-    avg = (start + end) / 2.0 + 1.0
-    ranks = np.empty((t, n))
-    np.put_along_axis(ranks, order, avg, axis=1)
+    Masked-out entries are set to +inf so they sort last (rvrae.npx.tie_average_ranks)."""
+    ranks = tie_average_ranks(np.where(mask, x, np.inf)) + 1.0
     return np.where(mask, ranks, np.nan)
 
 

@@ -193,10 +193,10 @@ def test_summary_and_load_data(tmp_path, small):
 
 def test_write_long_is_atomic(tmp_path):
     d = _frame()
-    with pytest.raises(Exception):
+    with pytest.raises(UserError, match="must end in .parquet, .pq or .csv"):
         write_long(d, tmp_path / "p.txt")
     bad = d.assign(size=[object()] * len(d))  # pyarrow cannot write this
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="Could not convert"):  # pyarrow.ArrowInvalid
         write_long(bad, tmp_path / "p.parquet")
     assert list(tmp_path.iterdir()) == []
 

@@ -1,6 +1,8 @@
 """`rvrae demo` end to end on two fast models: both grids through Ray Tune, the paper's three
 tables and the oracle printed; a second run recomputes nothing and prints the same tables."""
 
+import re
+
 from rich.console import Console
 
 from rvrae.results.store import read_results
@@ -17,7 +19,8 @@ def test_demo_runs_both_grids_and_prints_tables(ray_session, tmp_path):
     text = console.export_text()
     for title in ("Table I", "Table II", "Table III", "Oracle"):
         assert title in text
-    assert "IPCA" in text and "CA" in text
+    # a table row of each model: "CA" as its own first cell (a substring of "IPCA" would not do)
+    assert re.search(r"^\W*IPCA\b", text, re.M) and re.search(r"^\W*CA\b", text, re.M)
 
     again = Console(record=True, width=200)
     assert run_demo(out=out, seeds=1, epochs=1, console=again, models=["ipca", "ca"]) == {

@@ -7,7 +7,7 @@ import pytest
 
 from rvrae.cli import main
 from rvrae.data.io import load_data, load_panel
-from rvrae.data.synthetic import SynthConfig, _prevailing_mean, make_synthetic
+from rvrae.data.synthetic import SynthConfig, make_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +59,6 @@ def test_deterministic_by_seed():
     assert a.panel.fingerprint() == b.panel.fingerprint() != c.panel.fingerprint()
     assert a.frame.equals(b.frame)
     assert a.oracle.scores == b.oracle.scores
-
-
-def test_prevailing_mean_matches_the_models():
-    torch_free = _prevailing_mean(np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32))
-    from rvrae.models.base import prevailing_mean
-
-    np.testing.assert_array_equal(
-        torch_free, prevailing_mean(np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32))
-    )
 
 
 def test_synth_then_check_through_the_cli(tmp_path, capsys):

@@ -36,6 +36,7 @@ from scipy.special import ndtr
 from rvrae.data.panel import Panel, split_by_years
 from rvrae.data.prep import missing_share, rank_to_unit
 from rvrae.errors import UserError
+from rvrae.npx import prevailing_mean
 
 
 @dataclass
@@ -266,17 +267,8 @@ def oracle_scores(panel: Panel, oracle: Oracle) -> dict:
     # factors (eq. 33 as applied to IPCA / CA) is reported as r2_pred_prevailing.
     lam = oracle.f_prior[m]
     out = {k: float(v) for k, v in score(panel.ret[m], panel.mask[m], fc, lam).items()}
-    out["r2_pred_prevailing"] = float(r2_pred(panel.ret[m], fc.beta, _prevailing_mean(oracle.factors)[m], panel.mask[m]))
+    out["r2_pred_prevailing"] = float(r2_pred(panel.ret[m], fc.beta, prevailing_mean(oracle.factors)[m], panel.mask[m]))
     return out
-
-
-def _prevailing_mean(f: np.ndarray) -> np.ndarray:
-    """Row t = mean of rows 0..t-1 (zeros at t = 0); the same numbers as
-    rvrae.models.base.prevailing_mean (tested), without importing torch."""
-    csum = np.cumsum(f, axis=0, dtype=np.float64)
-    out = np.zeros_like(csum)
-    out[1:] = csum[:-1] / np.arange(1, len(f))[:, None]
-    return out.astype(np.float32)
 
 
 def write_synthetic(synth: Synthetic, path: str | os.PathLike) -> Path:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rvrae.errors import UserError
+from rvrae.models.checks import check_config
 from rvrae.models.base import NeuralConfig
 from rvrae.models.charbeta import CharBetaFactorModel
 
@@ -60,11 +60,7 @@ class Config(NeuralConfig):
     seq_len: int = 12  # window of monthly characteristics (SPEC §2.2)
 
     def __post_init__(self):
-        for key in ("n_factors", "hidden", "layers"):
-            if getattr(self, key) < 1:
-                raise UserError(f"alstm: {key} must be >= 1, got {getattr(self, key)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"alstm: dropout must be in [0, 1), got {self.dropout}")
+        check_config("alstm", self, at_least_1=("n_factors", "hidden", "layers"), unit=("dropout",))
 
 
 class ALSTM(CharBetaFactorModel):

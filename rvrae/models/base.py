@@ -21,6 +21,7 @@ import torch
 
 from rvrae.data.panel import Panel, window_months
 from rvrae.errors import UserError
+from rvrae.npx import prevailing_mean  # the factor forecast of models without a forecaster (eq. 33)
 
 # progress(epoch, {"train_loss": ..., "valid_loss": ...}); the study harness reports it to Tune.
 Progress = Callable[[int, dict], None]
@@ -224,15 +225,6 @@ def _to_panel_stocks(key: str, value: torch.Tensor, batch: Batch, n_stocks: int)
     full = torch.zeros((value.shape[0], n_stocks, *value.shape[2:]), dtype=value.dtype)
     full[:, batch.stocks.cpu()] = value
     return full.numpy()
-
-
-def prevailing_mean(f_all: np.ndarray) -> np.ndarray:
-    """[T, K] -> [T, K]: row t is the mean of rows 0..t-1 (zeros for t = 0): the factor
-    forecast of models without a factor forecaster (GKX's prevailing mean; paper eq. 33)."""
-    csum = np.cumsum(f_all, axis=0, dtype=np.float64)
-    out = np.zeros_like(csum)
-    out[1:] = csum[:-1] / np.arange(1, len(f_all))[:, None]
-    return out.astype(np.float32)
 
 
 def forecast_from_prevailing_mean(

@@ -25,6 +25,7 @@ from torch import nn
 from rvrae.data.panel import Panel
 from rvrae.errors import UserError
 from rvrae.models.base import Batch, NeuralConfig, NeuralFactorModel
+from rvrae.models.checks import check_config
 from rvrae.models.layers import managed_portfolios
 
 # GKX's architectures: hidden widths of the beta net for CA0..CA3.
@@ -115,8 +116,13 @@ class Config(NeuralConfig):
     def __post_init__(self):
         if self.depth not in HIDDEN:
             raise UserError(f"ca: depth must be 0, 1, 2 or 3 (CA0–CA3), got {self.depth}")
-        if self.n_factors < 1:
-            raise UserError(f"ca: n_factors must be >= 1, got {self.n_factors}")
+        check_config("ca", self, at_least_1=("n_factors",))
+
+
+def masked_mse(r: torch.Tensor, r_hat: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the stock-months present (m = 1): GKX's loss, shared by CA and
+    the sequence baselines (charbeta.py)."""
+    return ((r - r_hat) ** 2 * m).sum() / m.sum().clamp_min(1.0)
 
 
 class CA(NeuralFactorModel):
@@ -129,7 +135,7 @@ class CA(NeuralFactorModel):
     def loss(self, net: CANet, batch: Batch) -> torch.Tensor:
         beta, f = net(batch)
         r_hat = torch.einsum("bnk,bk->bn", beta, f)  # r̂ = β f
-        mse = ((batch.r - r_hat) ** 2 * batch.m).sum() / batch.m.sum().clamp_min(1.0)
+        mse = masked_mse(batch.r, r_hat, batch.m)
         # L1 on the weight matrices of both nets (not biases or BatchNorm scales), as GKX.
         l1 = sum(p.abs().sum() for p in net.parameters() if p.dim() > 1)
         return mse + self.config.l1 * l1

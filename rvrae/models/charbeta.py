@@ -21,7 +21,7 @@ from torch import nn
 
 from rvrae.data.panel import Panel
 from rvrae.models.base import Batch, NeuralFactorModel
-from rvrae.models.ca import CAFactorNet
+from rvrae.models.ca import CAFactorNet, masked_mse
 
 # Sequences per forward call when no gradient is kept (predict, validation): bounds the
 # activation memory at paper scale (12 months × 5,682 stocks per predict chunk).
@@ -81,7 +81,7 @@ class CharBetaFactorModel(NeuralFactorModel):
     def loss(self, net: CharBetaNet, batch: Batch) -> torch.Tensor:
         beta, f = net(batch)
         r_hat = torch.einsum("bnk,bk->bn", beta, f)  # r̂ = β f_post
-        return ((batch.r - r_hat) ** 2 * batch.m).sum() / batch.m.sum().clamp_min(1.0)
+        return masked_mse(batch.r, r_hat, batch.m)
 
     def forecast(self, net: CharBetaNet, batch: Batch) -> dict[str, torch.Tensor]:
         beta, f = net(batch)

@@ -44,6 +44,7 @@ from torch import nn
 from rvrae.data.panel import Panel
 from rvrae.errors import UserError
 from rvrae.models.base import Batch, NeuralConfig, NeuralFactorModel
+from rvrae.models.checks import check_config
 from rvrae.models.charbeta import over_stocks
 
 SIGMA_FLOOR = 1e-4  # keeps the Gaussian NLL finite when a σ head collapses
@@ -156,13 +157,8 @@ class Config(NeuralConfig):
     seq_len: int = 12  # window of monthly characteristics (SPEC §2.2; Duan et al. use 20 days)
 
     def __post_init__(self):
-        for key in ("n_factors", "hidden", "n_portfolios"):
-            if getattr(self, key) < 1:
-                raise UserError(f"factorvae: {key} must be >= 1, got {getattr(self, key)}")
-        if self.kl_scale not in ("per_stock", "per_month"):
-            raise UserError(
-                f"factorvae: kl_scale must be 'per_stock' or 'per_month', got {self.kl_scale!r}"
-            )
+        check_config("factorvae", self, at_least_1=("n_factors", "hidden", "n_portfolios"),
+                     choices={"kl_scale": ("per_stock", "per_month")})  # fmt: skip
         if self.gamma < 0:
             raise UserError(f"factorvae: gamma must be >= 0, got {self.gamma}")
 

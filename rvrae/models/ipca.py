@@ -29,6 +29,7 @@ import numpy as np
 from rvrae.data.panel import Panel
 from rvrae.errors import UserError
 from rvrae.models.base import FactorModel, Forecast, forecast_from_prevailing_mean
+from rvrae.models.checks import check_config
 
 CHUNK = 4  # months per moments buffer: stays in cache (paper scale: 5,682 × 48 × 4 B × 4 = 4.4 MB)
 
@@ -46,8 +47,7 @@ class Config:
     constant: bool = True
 
     def __post_init__(self):
-        if self.n_factors < 1:
-            raise UserError(f"ipca: n_factors must be >= 1, got {self.n_factors}")
+        check_config("ipca", self, at_least_1=("n_factors",))
         if self.max_iter < 1 or not self.tol > 0 or self.ridge < 0:
             raise UserError("ipca: max_iter must be >= 1, tol > 0 and ridge >= 0")
 

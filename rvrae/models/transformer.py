@@ -20,6 +20,7 @@ from torch import nn
 
 from rvrae.errors import UserError
 from rvrae.models.base import NeuralConfig
+from rvrae.models.checks import check_config
 from rvrae.models.charbeta import CharBetaFactorModel
 
 
@@ -69,15 +70,12 @@ class Config(NeuralConfig):
     seq_len: int = 12  # window of monthly characteristics (SPEC §2.2)
 
     def __post_init__(self):
-        for key in ("n_factors", "d_model", "heads", "layers", "ff_dim"):
-            if getattr(self, key) < 1:
-                raise UserError(f"transformer: {key} must be >= 1, got {getattr(self, key)}")
+        check_config("transformer", self, at_least_1=("n_factors", "d_model", "heads", "layers", "ff_dim"),
+                     unit=("dropout",))  # fmt: skip
         if self.d_model % self.heads:
             raise UserError(
                 f"transformer: d_model ({self.d_model}) must be divisible by heads ({self.heads})"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"transformer: dropout must be in [0, 1), got {self.dropout}")
 
 
 class Transformer(CharBetaFactorModel):

@@ -1,0 +1,23 @@
+"""The config checks every model's `Config.__post_init__` runs (one copy): sizes at least 1,
+rates in [0, 1), options from a fixed set. Each raises UserError naming the model and key."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from rvrae.errors import UserError
+
+
+def check_config(model: str, cfg: Any, at_least_1: Iterable[str] = (), unit: Iterable[str] = (),
+                 choices: dict[str, Iterable] | None = None) -> None:  # fmt: skip
+    """`at_least_1`: integer sizes (>= 1); `unit`: rates in [0, 1) (dropout); `choices`: key
+    -> allowed values."""
+    for key in at_least_1:
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{model}: {key} must be >= 1, got {getattr(cfg, key)}")
+    for key in unit:
+        if not 0.0 <= getattr(cfg, key) < 1.0:
+            raise UserError(f"{model}: {key} must be in [0, 1), got {getattr(cfg, key)}")
+    for key, allowed in (choices or {}).items():
+        if getattr(cfg, key) not in allowed:
+            raise UserError(f"{model}: {key} must be one of {tuple(allowed)}, got {getattr(cfg, key)!r}")

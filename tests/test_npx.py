@@ -1,0 +1,40 @@
+"""The torch-free numpy helpers every layer shares (rvrae.npx), against hand-computed values
+and scipy, and their one-copy use by data, metrics, models and the synthetic panel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import rankdata
+
+from rvrae import npx
+
+
+def test_tie_average_ranks_by_hand_and_against_scipy():
+    v = np.array([[3.0, 1.0, 3.0, np.inf, 2.0], [5.0, 5.0, 5.0, 5.0, 0.0]])
+    np.testing.assert_array_equal(npx.tie_average_ranks(v), [[2.5, 0.0, 2.5, 4.0, 1.0], [2.5, 2.5, 2.5, 2.5, 0.0]])
+    x = np.random.default_rng(0).integers(0, 6, size=(4, 30)).astype(float)
+    np.testing.assert_array_equal(npx.tie_average_ranks(x) + 1, rankdata(x, axis=1))
+    assert npx.tie_average_ranks(x.astype(np.float32), np.float32).dtype == np.float32
+
+
+def test_prevailing_mean_by_hand():
+    f = np.array([[1.0, 10.0], [3.0, 20.0], [5.0, 60.0], [7.0, 0.0]])
+    want = [[0.0, 0.0], [1.0, 10.0], [2.0, 15.0], [3.0, 30.0]]  # mean of the rows before
+    np.testing.assert_array_equal(npx.prevailing_mean(f), want)
+    assert npx.prevailing_mean(f).dtype == np.float32
+
+
+def test_one_copy_of_each_helper():
+    import rvrae.data.synthetic as synthetic
+    import rvrae.models.base as base
+    from rvrae.data.prep import rank_to_unit
+    from rvrae.metrics import ic_series
+
+    assert base.prevailing_mean is npx.prevailing_mean is synthetic.prevailing_mean
+    # ranks: prep maps them to [-1, 1], the rank IC correlates them; both with ties averaged
+    x = np.array([[[1.0], [2.0], [2.0], [4.0], [np.nan]]], dtype=np.float32)  # [T=1, N=5, C=1]
+    np.testing.assert_allclose(rank_to_unit(x)[0, :, 0], [-1.0, 0.0, 0.0, 1.0, 0.0])
+    r_hat = np.array([[1.0, 2.0, 2.0, 4.0] * 3])
+    ret = np.array([[1.0, 3.0, 3.0, 9.0] * 3])
+    assert ic_series(r_hat, ret, np.ones_like(ret, bool), rank=True, min_stocks=1)[0] == pytest.approx(1.0)
