@@ -126,12 +126,16 @@ def _drift(w: np.ndarray, r: np.ndarray) -> np.ndarray:
     return np.divide(g, tot, out=np.zeros_like(g), where=tot != 0)
 
 
-def long_short(r_hat, ret, mask, cost: float = COST, min_stocks: int = MIN_STOCKS) -> dict:
+def long_short(r_hat, ret, mask, cost: float = COST, min_stocks: int = MIN_STOCKS, size=None) -> dict:
     """Decile long-short portfolio: dict(gross=[t], net=[t], turnover=[t]); NaN in months
-    with fewer than `min_stocks` stocks. Turnover convention: see the module docstring."""
+    with fewer than `min_stocks` stocks. Turnover convention: see the module docstring.
+    `size` [t, n] (market equity known at formation): value-weighted legs (GKX's VW)
+    instead of equal-weighted."""
     mask = np.asarray(mask, dtype=bool)
     r = np.where(mask, _f64(ret), 0.0)
     wl, ws = decile_weights(r_hat, mask & np.isfinite(r), min_stocks)
+    if size is not None:
+        wl, ws = _by_size(wl, size), _by_size(ws, size)
     held = wl.sum(axis=1) > 0
     gross = (wl * r).sum(1) - (ws * r).sum(1)
     prev_l = np.zeros_like(wl)
@@ -142,6 +146,13 @@ def long_short(r_hat, ret, mask, cost: float = COST, min_stocks: int = MIN_STOCK
     gross = np.where(held, gross, np.nan)
     turnover = np.where(held, turnover, np.nan)
     return {"gross": gross, "net": gross - cost * turnover, "turnover": turnover}
+
+
+def _by_size(w: np.ndarray, size) -> np.ndarray:
+    """A leg's weights ∝ size over its stocks, summing to 1 per month (0 where none held)."""
+    g = np.where(w > 0, np.nan_to_num(np.maximum(_f64(size), 0.0)), 0.0)
+    tot = g.sum(axis=1, keepdims=True)
+    return np.divide(g, tot, out=np.zeros_like(g), where=tot > 0)
 
 
 def sharpe(x) -> float:
@@ -172,7 +183,7 @@ def gaussian_nll(ret, r_hat, r_std, mask, min_std: float = 1e-8) -> float:
     return float(np.mean(0.5 * np.log(2 * np.pi * var) + 0.5 * e * e / var))
 
 
-def score(ret, mask, fc, lam) -> dict[str, float]:
+def score(ret, mask, fc, lam, cost: float = COST, size=None) -> dict[str, float]:
     """Every test metric of SPEC §6 for a forecast over consecutive months.
 
     `fc` has r_hat [t,n], beta [t,n,K], f_post [t,K], r_std [t,n] or None (a
@@ -181,7 +192,7 @@ def score(ret, mask, fc, lam) -> dict[str, float]:
     """
     ic = ic_series(fc.r_hat, ret, mask)
     ric = ic_series(fc.r_hat, ret, mask, rank=True)
-    ls = long_short(fc.r_hat, ret, mask)
+    ls = long_short(fc.r_hat, ret, mask, cost=cost, size=size)  # 30 bps, equal-weighted unless rescored
     r_std = getattr(fc, "r_std", None)
     out = {
         "r2_total": r2_total(ret, fc.beta, fc.f_post, mask),
