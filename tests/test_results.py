@@ -341,3 +341,16 @@ def test_plot_contents(results_dir):
     ticks = [t for t in tune.get_xticks() if 1 <= t <= 3]
     assert ticks and all(float(t).is_integer() for t in ticks)
     plt.close("all")
+
+
+def test_resume_removes_a_killed_writers_temp_files(tmp_path):
+    from rvrae.results.store import remove_stale_temps
+
+    p = write_row(tmp_path, dict(study="robustness", model="ipca", trial_id="a", config={}))
+    stale = p.parent / ".b.parquet.tmp"
+    stale.write_bytes(b"half a file")
+    other = tmp_path / "study=benchmark" / "model=ipca" / ".c.parquet.tmp"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"x")
+    assert remove_stale_temps(tmp_path, "robustness") == 1
+    assert not stale.exists() and p.exists() and other.exists()  # only that study's temp files

@@ -212,6 +212,15 @@ def cell_key(row: dict | pd.Series) -> tuple:
     )
 
 
+def remove_stale_temps(out_dir: str | Path, study: str) -> int:
+    """Remove the hidden temporary files a killed writer left under `study` (every reader
+    skips them; a resumed study writes those trials' rows anew). Returns how many."""
+    stale = list(Path(out_dir).glob(f"study={study}/model=*/.*.parquet.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def existing_cells(out_dir: str | Path, study: str) -> set:
     """The cells already recorded for `study` (status ok or error: an error row is a result
     too, so a resumed study does not run it twice). Empty if there is nothing yet."""
