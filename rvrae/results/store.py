@@ -13,7 +13,9 @@ A row holds: provenance (`PROVENANCE_COLUMNS`), the config as a canonical JSON s
 (`config`) and flattened as `hp_<name>` columns, and the metrics: the test metrics of SPEC §4
 (`TEST_METRICS`), the same on the validation months (`valid_*`) and on the omitted stocks
 (`omitted_*`). Lists, tuples, arrays and dicts (e.g. `versions`, the harness's per-month
-`ls_gross` / `ls_net` / `ls_dates`) are stored as JSON strings.
+`ls_gross` / `ls_net` / `ls_dates`, the learning curve `history` of neural models: a list of
+{epoch, train_loss, valid_loss}) are stored as JSON strings. `cell_id` (the cell key hashed)
+joins a row to its forecasts under <out>/forecasts/ (rvrae.results.forecasts).
 """
 
 from __future__ import annotations
@@ -41,12 +43,12 @@ VALID_METRICS = tuple(f"valid_{m}" for m in TEST_METRICS)
 OMITTED_METRICS = tuple(f"omitted_{m}" for m in TEST_METRICS)
 METRIC_COLUMNS = TEST_METRICS + VALID_METRICS + OMITTED_METRICS
 PROVENANCE_COLUMNS = (
-    "study", "model", "seed", "m", "trial_id", "status", "error", "config", "epochs",
+    "study", "model", "seed", "m", "trial_id", "cell_id", "status", "error", "config", "epochs",
     "fit_seconds", "started_at", "finished_at", "device", "hostname", *IDENTITY_COLUMNS,
     "resolved_config", "git_commit", "versions",
 )  # fmt: skip
 RESULT_COLUMNS = PROVENANCE_COLUMNS + METRIC_COLUMNS
-_STRING_COLUMNS = ("trial_id", "status", "error", "config", "started_at", "finished_at", "device",
+_STRING_COLUMNS = ("trial_id", "cell_id", "status", "error", "config", "started_at", "finished_at", "device",
                    "hostname", *(c for c in IDENTITY_COLUMNS if c != "epoch_cap"), "resolved_config",
                    "git_commit", "versions")  # fmt: skip
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -142,19 +144,25 @@ def write_row(out_dir: str | Path, row: dict) -> Path:
     replaces its file (a retried trial never leaves two rows)."""
     flat = _flatten_row(row)
     path = trial_path(out_dir, flat.pop("study"), flat.pop("model"), flat["trial_id"])
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist([flat])
+    atomic_write(path, lambda fh: pq.write_table(table, fh))
+    return path
+
+
+def atomic_write(path: Path, write) -> None:
+    """`write(file)` into a hidden temporary name beside `path`, fsync, rename: a reader
+    never sees half a file (rows and forecasts alike)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
 
 
 def result_files(out_dir: str | Path, study: str | None = None) -> list[Path]:
@@ -210,6 +218,14 @@ def cell_key(row: dict | pd.Series) -> tuple:
         str(get("study")), str(get("model")), int(get("seed", 0)), int(get("m", 0)),
         canonical_json(config), *key_of(row),
     )
+
+
+def cell_id(row: dict | pd.Series) -> str:
+    """The cell key hashed (16 hex digits): the `cell_id` column of a row and of its stored
+    forecast (rvrae.results.forecasts), which join on it."""
+    import hashlib
+
+    return hashlib.sha256(canonical_json(list(cell_key(row))).encode()).hexdigest()[:16]
 
 
 def remove_stale_temps(out_dir: str | Path, study: str) -> int:

@@ -12,6 +12,7 @@ import time
 
 from ray.tune import Callback
 
+from rvrae.results.store import cell_id
 from rvrae.study.trainable import flat, model_config, now_iso, resolved_config
 
 # Trial result keys that are Tune's bookkeeping or per-epoch progress, not row columns.
@@ -19,6 +20,7 @@ _SKIP = {
     "train_loss", "valid_loss", "timestamp", "training_iteration", "time_this_iter_s",
     "time_total_s", "time_since_restore", "iterations_since_restore", "done", "date",
     "config", "trial_id", "experiment_tag", "node_ip", "should_checkpoint", "checkpoint_dir_name",
+    "forecast_parquet",  # rvrae.results.forecasts.REPORT_KEY: stored beside the row, not in it
 }
 
 
@@ -39,8 +41,14 @@ def build_row(study: str, trial, status: str, error: str, meta: dict) -> dict:
         "config": model_config(cfg),
         "resolved_config": resolved_config(cfg["model"], model_config(cfg)),
     })
+    if status == "ok" and "finished_at" not in result:
+        # Ended without its final report and without an error: an early-stopping scheduler
+        # (ASHA) stopped it. Not a result (no test metrics): the tables skip it.
+        row["status"] = "stopped"
+        row["error"] = f"stopped early by the scheduler after {int(result.get('epochs') or 0)} epochs"
     if status == "error" or "finished_at" not in result:
         row["finished_at"] = now_iso()
+    row["cell_id"] = cell_id(row)
     return row
 
 
@@ -69,7 +77,11 @@ def _error_text(trial) -> str:
 
 
 class ParquetSink(Callback):
-    """Writes one Parquet file per finished trial (ok or error) via rvrae.results.store."""
+    """Writes one Parquet file per finished trial (ok, error or stopped) via
+    rvrae.results.store, and the trial's forecast, which arrives as Parquet bytes in its final
+    result, beside it (rvrae.results.forecasts): written as the result arrives, then dropped
+    from the result before Tune records it (Tune lets callbacks change it in place), so Tune's
+    experiment state never holds forecasts."""
 
     def __init__(self, out_dir: str, study: str, static: dict):
         self.out_dir = str(out_dir)
@@ -87,6 +99,17 @@ class ParquetSink(Callback):
         meta = {"started_at": self.started.get(trial.trial_id, now_iso()), "static": self.static}
         path = write_row(self.out_dir, build_row(self.study, trial, status, error, meta))
         self.written.append(str(path))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from rvrae.results.forecasts import REPORT_KEY, write_forecast
+
+        data = result.pop(REPORT_KEY, None)
+        if data is None:
+            return
+        cfg = flat(trial.config)
+        key = {"study": self.study, "model": cfg["model"], "seed": cfg["seed"], "m": cfg["m"],
+               "resolved_config": resolved_config(cfg["model"], model_config(cfg)), **cfg["identity"].columns()}  # fmt: skip
+        write_forecast(self.out_dir, self.study, cfg["model"], trial.trial_id, data, cell_id(key))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._write(trial, "ok", "")

@@ -91,11 +91,15 @@ def parser(study: str) -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1, help="Tune retries of a failed trial")
     p.add_argument("--resume", action="store_true", help="continue a killed study: every cell exactly once")
     p.add_argument("--verbose", action="store_true", help="show Ray's own output")
+    p.add_argument("--forecasts", action=argparse.BooleanOptionalAction, default=True,
+                   help="store every trial's forecasts under <out>/forecasts (default; --no-forecasts: rows only)")  # fmt: skip
     add_loader_flags(p)
     if study == "tune":
         p.add_argument("--samples", type=int, default=16, help="Optuna trials per model")
         p.add_argument("--metric", default="valid_rank_ic", help="objective (a validation metric)")
         p.add_argument("--mode", default="max", choices=["max", "min"])
+        p.add_argument("--scheduler", default="none", choices=["none", "asha"],
+                       help="asha: stop hopeless trials early on their per-epoch validation loss")  # fmt: skip
     return p
 
 
@@ -111,13 +115,13 @@ def options(study: str, argv: list[str] | None):
         raise UserError("benchmark runs m = 0 only (use robustness for omitted stocks)")
     extra = {}
     if study == "tune":
-        extra = {"samples": a.samples, "metric": a.metric, "mode": a.mode}
+        extra = {"samples": a.samples, "metric": a.metric, "mode": a.mode, "scheduler": a.scheduler}
     return StudyOptions(
         study=study, models=models, data=a.data, out=a.out, seeds=a.seeds, m=m, epochs=a.epochs,
         configs=load_configs(a.configs, models), cpus_per_trial=a.cpus_per_trial, load=loader_options(a),
         config_source=f"--configs {a.configs}" if a.configs else "defaults",
         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, address=a.address,
-        resume=a.resume, verbose=a.verbose,
+        resume=a.resume, verbose=a.verbose, forecasts=a.forecasts,
         storage=a.storage, max_failures=a.max_failures, split=_split(a.split), **extra,
     )
 
@@ -144,5 +148,6 @@ def main(study: str, argv: list[str] | None = None, console=None) -> int:
         highlight=False,
     )
     if study == "tune":
-        console.print(f"best configs: {run.out / 'best_configs.json'}", highlight=False)
+        console.print(f"best configs: {run.out / 'best_configs.json'}; Optuna studies: sqlite:///{run.out / 'optuna.db'}",
+                      highlight=False)  # fmt: skip
     return 0

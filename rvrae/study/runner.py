@@ -54,6 +54,8 @@ class StudyOptions:
     split: tuple[int, int, int] = (15, 3, 3)
     max_failures: int = 1  # Tune retries a failed trial this often before the error row
     storage: str | None = None  # Tune experiment storage (default <out>/_tune; S3 on a cluster)
+    scheduler: str = "none"  # tune: "asha" stops hopeless trials on their per-epoch valid_loss
+    forecasts: bool = True  # store every trial's forecasts beside its row (rvrae.results.forecasts)
 
 
 @dataclass
@@ -68,6 +70,12 @@ class StudyRun:
 
 
 GPU_FRACTION = 0.25  # small models: four trials share a GPU
+SCHEDULERS = ("none", "asha")
+# ASHA (Li et al. 2020) on the per-epoch validation loss: rungs at GRACE × 3^k epochs; a trial
+# below the best third of those that reached its rung stops there. The first rung at a quarter
+# of the epoch cap: earlier validation losses say little about where a net ends.
+ASHA_REDUCTION = 3
+ASHA_GRACE_SHARE = 0.25
 
 
 def metric_names() -> list[str]:
@@ -140,6 +148,8 @@ def validate(opts: StudyOptions) -> None:
             raise UserError(f"--metric {opts.metric!r} is not a metric (e.g. valid_rank_ic, valid_r2_total)")
         if opts.mode not in ("max", "min"):
             raise UserError(f"--mode must be max or min, got {opts.mode!r}")
+        if opts.scheduler not in SCHEDULERS:
+            raise UserError(f"--scheduler must be {' or '.join(SCHEDULERS)}, got {opts.scheduler!r}")
     for name, v in (("--cpus-per-trial", opts.cpus_per_trial), ("--gpus-per-trial", opts.gpus_per_trial)):
         if v is not None and (v < 0 or not math.isfinite(v)):
             raise UserError(f"{name} must be >= 0, got {v}")
@@ -407,6 +417,8 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
     if note and console is not None:
         console.print(note, highlight=False, soft_wrap=True)
     common = {"identity": identity, "cpus": cpus}
+    if not opts.forecasts:
+        common["forecasts"] = False
     if opts.hook is not None:
         common["hook"] = opts.hook
     storage = opts.storage or str(out / "_tune")
@@ -512,17 +524,54 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
     constants = {**common, "model": name, "seed": 0, "m": 0, "hp": dict(opts.configs.get(name, {}))}
 
     def make_tuner():
-        search = OptunaSearch(space=get_spec(name).space, metric=opts.metric, mode=opts.mode, seed=0)
+        search = OptunaSearch(space=get_spec(name).space, metric=opts.metric, mode=opts.mode, seed=0,
+                              storage=optuna_storage(run.out), study_name=optuna_study_name(name, common["identity"]))  # fmt: skip
         return tune.Tuner(
             trainable,
             param_space=constants,
             tune_config=tune.TuneConfig(
-                search_alg=search, num_samples=samples, max_concurrent_trials=conc, reuse_actors=True
+                search_alg=search, scheduler=make_scheduler(opts.scheduler, name, model_config(constants)),
+                num_samples=samples, max_concurrent_trials=conc, reuse_actors=True,
             ),
             run_config=_run_config(opts, name, storage, [sink, live]),
         )
 
     _fit(opts, name, path, make_tuner, trainable, sink, live, run)
+
+
+def optuna_storage(out: Path):
+    """The Optuna studies of `tune` persist in <out>/optuna.db (SQLite), which
+    `optuna-dashboard sqlite:///<out>/optuna.db` opens. A resumed or repeated tune study of
+    the same identity continues the same Optuna study (OptunaSearch loads an existing one)."""
+    import optuna
+
+    return optuna.storages.RDBStorage(f"sqlite:///{Path(out).resolve() / 'optuna.db'}")
+
+
+def optuna_study_name(model: str, identity: StudyIdentity) -> str:
+    """One Optuna study per model and study identity (data, split, epochs, objective): another
+    identity never continues this one's search."""
+    import hashlib
+
+    return f"{model}-{hashlib.sha256(repr(identity.key()).encode()).hexdigest()[:8]}"
+
+
+def make_scheduler(kind: str, model: str, overrides: dict):
+    """None, or ASHA for a model trained by epochs: its metric and mode are the scheduler's
+    own (valid_loss, min: known after every epoch), not TuneConfig's, so OptunaSearch keeps
+    the study's objective (known only at the end of a trial). Models without epochs (IPCA)
+    have nothing to stop early."""
+    if kind == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    epochs = resolved_config(model, overrides).get("epochs")
+    if not epochs or int(epochs) < 2:
+        return None
+    max_t = int(epochs)
+    grace = max(1, int(max_t * ASHA_GRACE_SHARE))
+    return ASHAScheduler(time_attr="epochs", metric="valid_loss", mode="min", max_t=max_t,
+                         grace_period=grace, reduction_factor=ASHA_REDUCTION, stop_last_trials=False)  # fmt: skip
 
 
 def write_best_configs(out: Path, models: list[str], identity: StudyIdentity) -> Path:

@@ -5,7 +5,9 @@ loaded once per study. A trial splits it (15/3/3 years by default), omits m stoc
 and valid (same set for every model, SPEC §2.3), fits the model with a per-epoch
 `ray.tune.report`, predicts ONCE over all months on the full panel and scores the valid months
 (`valid_*`), the test months and, when m > 0, the omitted stocks in the test months
-(`omitted_*`). λ of R²_pred is the prevailing mean of f_post (paper eq. 33).
+(`omitted_*`). λ of R²_pred is the prevailing mean of f_post (paper eq. 33). The final report
+also carries the learning curve (`history`) and the forecast of every scored stock-month as
+Parquet bytes (rvrae.results.forecasts), which the driver's sink stores beside the row.
 
 Trial config keys (everything else is a model hyperparameter, e.g. what Optuna sampled):
     model, seed, m      the cell
@@ -15,6 +17,7 @@ Trial config keys (everything else is a model hyperparameter, e.g. what Optuna s
                         objective (epoch reports carry it as NaN: OptunaSearch reads the
                         metric from every result)
     cpus                CPUs of the trial: torch threads are set to match
+    forecasts           False: ship no forecast (StudyOptions.forecasts; default True)
     hook                the one test hook (None in every real study): a picklable callable
                         `hook(train_panel, config) -> train_panel` run just before the fit.
                         Tests inject faults through it (tests/faults.py); nothing test-only
@@ -33,7 +36,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-RESERVED = ("model", "seed", "m", "hp", "identity", "cpus", "hook", "cell")
+RESERVED = ("model", "seed", "m", "hp", "identity", "cpus", "hook", "cell", "forecasts")
 
 
 def flat(config: dict) -> dict:
@@ -189,6 +192,18 @@ def train_trial(config: dict, panel, report=None) -> None:
         "epochs": len(history) if history is not None else epochs[0],
         "fit_seconds": fit_seconds, "finished_at": now_iso(),
     }
+    if history:
+        # The learning curve goes into the row; valid_loss into every result, as an early-
+        # stopping scheduler (ASHA) that reads it per epoch expects of the last one too.
+        final["history"] = json.dumps([{k: float(r[k]) if k != "epoch" else int(r[k]) for k in
+                                        ("epoch", "train_loss", "valid_loss")} for r in history])  # fmt: skip
+        final["valid_loss"] = float(history[-1]["valid_loss"])
+    if config.get("forecasts", True):
+        from rvrae.results.forecasts import REPORT_KEY, forecast_table, to_bytes
+
+        # The driver's Parquet sink writes these bytes under --out (rvrae.results.forecasts).
+        table = forecast_table(panel, fc, valid.target_months, test.target_months, omitted)
+        final[REPORT_KEY] = to_bytes(table)
     report(final)
 
 
