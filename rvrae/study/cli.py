@@ -51,7 +51,7 @@ def _names(text: str | None) -> list[str] | None:
 
 def add_loader_flags(p: argparse.ArgumentParser) -> None:
     """The loader's options (rvrae.data.io.load_panel), for a panel file given as --data."""
-    g = p.add_argument_group("panel file options (ignored for --data synthetic)")
+    g = p.add_argument_group("panel file options (an error with --data synthetic)")
     g.add_argument("--percent", action=argparse.BooleanOptionalAction, default=None,
                    help="returns are in percent (--no-percent: decimal); returns that look like percent are refused unless you say")  # fmt: skip
     g.add_argument("--chars", default=None, help="comma-separated characteristic columns (default: every other numeric column)")
