@@ -94,17 +94,42 @@ def table(
     identity: Optional[int] = typer.Option(
         None, help="show only study identity N (data, split, epochs, objective) when the folder holds several"
     ),
+    rescore: bool = typer.Option(
+        False, "--rescore", help="recompute every metric from the stored forecasts (no training)"
+    ),
+    cost: Optional[float] = typer.Option(
+        None, help="long-short cost in bps per unit of turnover (default 30); implies --rescore"
+    ),
+    weighting: str = typer.Option(
+        "equal", help="long-short legs: equal, or value (needs a 'size' column in the forecasts); value implies --rescore"
+    ),
 ):
     """Paper-style mean(std) tables over seeds from a results folder, one set per study
-    identity, each saying under it what produced it."""
+    identity, each saying under it what produced it; benchmark tables add a seed-ensemble row
+    per model (the mean forecast over its seeds) where forecasts are stored."""
+    from rvrae.results.forecasts import rescore_rows, seed_ensembles
     from rvrae.results.render import render_tables
     from rvrae.results.store import read_results
     from rvrae.results.tables import build_tables, one_identity_per_study
 
+    if weighting not in ("equal", "value"):
+        raise UserError(f"--weighting must be equal or value, got {weighting!r}")
+    if cost is not None and not cost >= 0:
+        raise UserError(f"--cost must be >= 0 bps, got {cost:g}")
     df = read_results(directory, study=study)
     if fmt == "csv" and identity is None:
         one_identity_per_study(df, "one csv")
-    tables = build_tables(df, study=study, metrics=metrics.split(",") if metrics else None, identity=identity)
+    bps = 30.0 if cost is None else float(cost)
+    note = ""
+    if rescore or cost is not None or weighting != "equal":
+        df, n = rescore_rows(directory, df, bps / 1e4, weighting)
+        if n == 0:
+            raise UserError(f"--rescore: no stored forecasts under {str(Path(directory) / 'forecasts')!r} "
+                            "(studies run with --no-forecasts or before forecasts were stored)")  # fmt: skip
+        note = f"Rescored from the stored forecasts of {n} trials: {bps:g} bps, {weighting}-weighted long-short."
+    ensembles = seed_ensembles(directory, df, bps / 1e4, weighting) if not metrics else None
+    tables = build_tables(df, study=study, metrics=metrics.split(",") if metrics else None, identity=identity,
+                          ensembles=ensembles, note=note, cost_bps=bps)  # fmt: skip
     text = render_tables(tables, fmt, console=console)
     if text:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")

@@ -42,7 +42,6 @@ from rvrae.metrics import COST, TEST_METRICS, score
 FORECAST_DIR = "forecasts"
 REPORT_KEY = "forecast_parquet"  # the final report's key that carries a trial's file (bytes)
 _FLOATS = ("ret", "r_hat", "r_std", "fit_total", "fit_pred")
-ENSEMBLE = "seed ensemble"
 
 
 def forecast_table(panel, fc, valid_months, test_months, omitted) -> pa.Table:
@@ -219,8 +218,9 @@ def _mean_forecast(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return mean.reset_index()
 
 
-def seed_ensembles(out_dir: str | Path, df: pd.DataFrame, cost: float = COST, weighting: str = "equal") -> pd.DataFrame:
-    """One row per (study, model, m = 0, resolved config, study identity) with ≥ 2 stored
+def seed_ensembles(out_dir: str | Path, df: pd.DataFrame, cost: float = COST, weighting: str = "equal",
+                   study: str = "benchmark") -> pd.DataFrame:  # fmt: skip
+    """One row per (model, m = 0, resolved config, study identity) of `study` with ≥ 2 stored
     forecasts: every metric scored on the mean forecast over its seeds (Gu–Kelly–Xiu average
     their networks over seeds), `n` = seeds averaged, `ensemble` = True. Only m = 0: with
     m > 0 every seed omits other stocks. Empty when no forecasts are stored."""
@@ -228,7 +228,7 @@ def seed_ensembles(out_dir: str | Path, df: pd.DataFrame, cost: float = COST, we
     from rvrae.results.tables import ok_rows
 
     ok = ok_rows(df)
-    ok = ok[ok["m"] == 0] if "m" in ok.columns else ok.iloc[0:0]
+    ok = ok[(ok["study"] == study) & (ok["m"] == 0)] if "m" in ok.columns else ok.iloc[0:0]
     rows = []
     if ok.empty or "cell_id" not in ok.columns:
         return pd.DataFrame()

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from rvrae.errors import UserError
-from rvrae.results.tables import Table, base_metric
+from rvrae.results.tables import ENSEMBLE, Table, base_metric
 
 FORMATS = ("rich", "markdown", "latex", "csv")
 MODEL_LABELS = {"ipca": "IPCA", "ca": "CA", "factorvae": "FactorVAE", "alstm": "ALSTM",
@@ -68,7 +68,7 @@ def metric_label(metric: str, table: Table, latex: bool = False) -> str:
             prefix = "" if table.key == "table3" else labels[i]
             base = metric[len(pre):]
     if base in METRIC_LABELS:
-        label = prefix + METRIC_LABELS[base][i]
+        label = prefix + METRIC_LABELS[base][i].replace("30 bps", f"{table.cost_bps:g} bps")  # --cost
     else:
         label = _tex_escape(metric) if latex else metric
     if table.scale.get(metric) == 100.0:
@@ -77,6 +77,9 @@ def metric_label(metric: str, table: Table, latex: bool = False) -> str:
 
 
 def model_label(key: str, latex: bool = False) -> str:
+    suffix = f" ({ENSEMBLE})"
+    if key.endswith(suffix):  # a benchmark table's seed-ensemble row
+        return model_label(key[: -len(suffix)], latex) + suffix
     label = MODEL_LABELS.get(key, key)
     return _tex_escape(label) if latex else label
 

@@ -41,6 +41,7 @@ FIELDS = ("mean", "std", "n", "p", "sig", "best")
 STUDY_ORDER = ("tune", "benchmark", "robustness", "speed")
 TUNE_OBJECTIVE = "valid_rank_ic"  # the tune study's default objective (SPEC §5)
 SIG_TEST = "paired t-test over seeds vs RVRAE (scipy.stats.ttest_rel, two-sided), p < 0.05"
+ENSEMBLE = "seed ensemble"  # row label suffix of a model's seed-ensemble row (benchmark tables)
 
 
 def base_metric(metric: str) -> str:
@@ -86,6 +87,7 @@ class Table:
     key: str = ""  # short id (latex label, file names)
     row_label: str = "Model"  # header of the row-key column ("Case" for speed studies)
     footer: str = ""  # what produced the rows (data, split, epochs, config source, n)
+    cost_bps: float = 30.0  # the long-short cost the rows carry (`rvrae table --cost`)
 
     @property
     def rows(self) -> list[str]:
@@ -358,11 +360,67 @@ def _config_rows(ok: pd.DataFrame) -> pd.DataFrame:
     return ok
 
 
+def _ensembles_of(ensembles: pd.DataFrame | None, study: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """The seed-ensemble rows (rvrae.results.forecasts.seed_ensembles) of one study and
+    identity group."""
+    if ensembles is None or ensembles.empty:
+        return pd.DataFrame()
+    key = key_of(rows.iloc[0])
+    same = [str(r["study"]) == study and key_of(r) == key for r in ensembles.to_dict("records")]
+    return ensembles[same]
+
+
+def _label_ensembles(ok: pd.DataFrame, ens: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows and ensemble rows labelled together by `_config_rows`, so an ensemble row names
+    the same config as its seeds' row."""
+    if ens.empty:
+        return _config_rows(ok), ens
+    labelled = _config_rows(pd.concat([ok, ens], ignore_index=True))
+    ok, ens = ok.copy(), ens.copy()
+    ok["model"] = labelled["model"].iloc[: len(ok)].to_numpy()
+    ens["model"] = labelled["model"].iloc[len(ok):].to_numpy()
+    return ok, ens
+
+
+def _add_ensemble_rows(t: Table, ens: pd.DataFrame) -> None:
+    """Below each model's mean(std) row, `<model> (seed ensemble)`: the metric of the mean
+    forecast over its n seeds (one value; no std, no test). Best marks are recomputed over
+    all rows."""
+    frame = t.frame
+    add = {}
+    for e in ens.to_dict("records"):
+        if e["model"] not in frame.index:
+            continue
+        vals = {}
+        for metric, m in t.cells:
+            v = float(e.get(metric, math.nan)) if m == 0 else math.nan
+            ok = math.isfinite(v)
+            vals.update({(metric, m, "mean"): v, (metric, m, "std"): math.nan, (metric, m, "n"): int(e["n"]) if ok else 0,
+                         (metric, m, "p"): math.nan, (metric, m, "sig"): False, (metric, m, "best"): False})  # fmt: skip
+        add[e["model"]] = vals
+    if not add:
+        return
+    extra = pd.DataFrame.from_dict({f"{k} ({ENSEMBLE})": v for k, v in add.items()}, orient="index")
+    extra.columns = pd.MultiIndex.from_tuples(extra.columns, names=frame.columns.names)
+    order = [r for base in frame.index for r in (base, f"{base} ({ENSEMBLE})") if r in frame.index or base in add]
+    frame = pd.concat([frame, extra[frame.columns]]).loc[order]
+    frame.index.name = t.frame.index.name
+    for metric, m in t.cells:
+        frame[(metric, m, "best")] = best_mask(metric, frame[(metric, m, "mean")]).to_numpy()
+        frame[(metric, m, "n")] = frame[(metric, m, "n")].astype(int)
+    t.frame = frame
+    t.caption += (f" Rows '({ENSEMBLE})': scored once on the mean forecast over the model's n seeds "
+                  "(from the stored forecasts), beside the mean(std) over seeds.")  # fmt: skip
+
+
 def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] | None = None,
-                 identity: int | None = None) -> list[Table]:  # fmt: skip
+                 identity: int | None = None, ensembles: pd.DataFrame | None = None,
+                 note: str = "", cost_bps: float = 30.0) -> list[Table]:  # fmt: skip
     """Tables for one study or every study present, one set per study identity (or only
     identity number `identity`); `metrics` asks for a custom table (mean(std) of those
-    columns, by model and m) instead of the paper layouts."""
+    columns, by model and m) instead of the paper layouts. `ensembles`: seed-ensemble rows
+    (rvrae.results.forecasts.seed_ensembles) shown in the benchmark's Tables I and II. `note`
+    (e.g. what rescoring changed) ends every caption; `cost_bps` is the cost the rows carry."""
     if study is not None:
         df = df[df["study"] == study]
     studies = _order_studies(df["study"].unique())
@@ -377,10 +435,17 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
             if ok.empty:
                 failed.append(s)
                 continue
+            ens = _ensembles_of(ensembles, s, rows) if s == "benchmark" and not metrics else pd.DataFrame()
             if s != "tune":
-                ok = _config_rows(ok)
+                ok, ens = _label_ensembles(ok, ens)
             new = _study_tables(ok, s, metrics)
             for t in new:
+                if not ens.empty and t.key in ("table1", "table2"):
+                    _add_ensemble_rows(t, ens)
+                t.cost_bps = cost_bps
+                if cost_bps != 30.0:
+                    t.caption = t.caption.replace("30 bps", f"{cost_bps:g} bps")
+                t.caption += f" {note}" if note else ""
                 t.footer = footer(ok)
                 if len(groups) > 1:
                     t.title += f" [identity {i} of {len(groups)}]"
