@@ -8,6 +8,8 @@
   std over seeds (robustness study).
 * `tune_history`: the tune study's stored objective in trial order (integer ticks) with its
   best so far as a step line, per model.
+* `learning_curves`: train and valid loss per epoch of the neural models (each row's stored
+  `history`), mean ± std over seeds, one panel per model (benchmark, else robustness).
 Every title names the data and the split. One figure never mixes study identities: a study
 whose rows hold several asks for `--identity N` (rvrae.results.tables.select_identity).
 A figure whose data is absent is skipped; nothing to plot at all is a UserError.
@@ -159,6 +161,52 @@ def _plot_tune_history(ok: pd.DataFrame, plt, save, identity=None) -> Path | Non
     return save(fig, "tune_history")
 
 
+def _curves(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """loss kind -> [epoch, seeds] from each row's stored learning curve (`history`)."""
+    out: dict[str, list] = {"train_loss": [], "valid_loss": []}
+    for v in rows["history"]:
+        h = _series(v)
+        if not h or len(h) < 2:  # IPCA's one ALS record is no curve
+            continue
+        df = pd.DataFrame(h).set_index("epoch")
+        for k in out:
+            out[k].append(df[k].astype(float))
+    return {k: pd.concat(v, axis=1) for k, v in out.items() if v}
+
+
+def _plot_learning_curves(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
+    """Train and valid loss per epoch, one panel per neural model: the mean over seeds with a
+    band of ± one std (seeds that stopped early leave the mean at their last epoch)."""
+    from matplotlib.ticker import MaxNLocator
+
+    if "history" not in ok.columns:
+        return None
+    for study in ("benchmark", "robustness"):
+        rows = _one_identity(ok, study, identity)
+        rows = rows[rows["history"].fillna("").astype(str).str.len() > 2] if not rows.empty else rows
+        if not rows.empty:
+            break
+    else:
+        return None
+    curves = {m: _curves(rows[rows["model"] == m]) for m in order_rows(rows["model"].unique())}
+    models = [m for m, c in curves.items() if c]
+    if not models:
+        return None
+    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for kind, curve in curves[model].items():
+            mean, sd = curve.mean(axis=1), curve.std(axis=1, ddof=1).fillna(0)
+            (line,) = ax.plot(mean.index, mean, label=kind.replace("_", " "))
+            ax.fill_between(mean.index, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(model_label(model), fontsize=9)
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("loss (mean ± std over seeds)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Learning curves, {study}" + where(rows), fontsize=9, wrap=True)
+    return save(fig, "learning_curves")
+
+
 def make_plots(results_dir: str | Path, out_dir: str | Path, fmt: str = "png", identity: int | None = None) -> list[Path]:
     """Write every figure the results allow into `out_dir` as `fmt` (png, svg or pdf);
     returns their paths. `identity`: which study identity to draw where a study has several
@@ -184,7 +232,7 @@ def make_plots(results_dir: str | Path, out_dir: str | Path, fmt: str = "png", i
         plt.close(fig)
         return path
 
-    figures = (_plot_long_short, _plot_rank_ic_by_m, _plot_tune_history)
+    figures = (_plot_long_short, _plot_rank_ic_by_m, _plot_tune_history, _plot_learning_curves)
     paths = [p for p in (f(ok, plt, save, identity) for f in figures) if p]
     if not paths:
         if created:
