@@ -1,0 +1,161 @@
+"""Predictions as data (SPEC §6): every trial's forecasts and learning curve stored beside its
+row, seed-ensemble rows, rescoring without training; the tune study's ASHA scheduler and its
+persistent Optuna study. Tiny synthetic panel through the shared Ray instance."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from rvrae.cli import main as cli
+from rvrae.metrics import TEST_METRICS, long_short
+from rvrae.results.forecasts import forecast_path, read_forecast, rescore_rows, scores, seed_ensembles
+from rvrae.results.store import METRIC_COLUMNS, cell_id, read_results
+from rvrae.results.tables import ENSEMBLE, build_tables
+from rvrae.study.runner import StudyOptions, optuna_study_name, run_study
+
+SPLIT = (3, 1, 1)
+SMALL = {"ca": {"width_scale": 0.25}, "factorvae": {"hidden": 8, "n_portfolios": 8, "n_factors": 2, "seq_len": 3}}
+# Stored float32 fitted values (β̂'f̂) against the trial's float64 products: R² agrees to
+# float32 precision; every metric of r_hat / r_std / ret alone is recomputed exactly.
+R2_RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def bench(ray_session, tiny_panel, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fc") / "res"
+    run_study(StudyOptions(study="benchmark", models=["ipca", "factorvae"], seeds=2, m=[0], epochs=2, out=out,
+                           split=SPLIT, configs=dict(SMALL), max_failures=0), panel=tiny_panel)  # fmt: skip
+    return out, read_results(out, study="benchmark"), tiny_panel
+
+
+def test_every_trial_leaves_forecasts_and_a_learning_curve(bench):
+    out, df, panel = bench
+    assert len(df) == 4 and set(df["status"]) == {"ok"}, df["error"].tolist()
+    for r in df.to_dict("records"):
+        assert r["cell_id"] == cell_id(r)  # the stored row's key, hashed again, is its cell_id
+        path = forecast_path(out, "benchmark", r["model"], r["trial_id"])
+        table = pq.read_table(path)
+        fc = table.to_pandas()
+        assert set(fc["cell_id"]) == {r["cell_id"]} and set(fc["trial_id"]) == {r["trial_id"]}
+        for col in ("ret", "r_hat", "r_std", "fit_total", "fit_pred"):
+            assert str(table.schema.field(col).type) == "float", col  # float32
+        # every valid and test month, every stock with a return, ids and dates as the panel's
+        scored = np.arange(panel.T - 24, panel.T)
+        assert len(fc) == int(panel.mask[scored].sum())
+        assert set(fc["split"]) == {"valid", "test"} and not fc["omitted"].any()
+        assert set(fc["id"]) <= set(panel.ids)
+        months = pd.to_datetime(fc["date"]).dt.to_period("M").astype(str)
+        assert set(months) == {str(d) for d in panel.dates[scored]}
+        assert fc["r_std"].notna().all() == (r["model"] == "factorvae")  # IPCA has no r_std
+        if r["model"] == "factorvae":
+            curve = json.loads(r["history"])
+            assert [c["epoch"] for c in curve] == [1, 2] and all(
+                math.isfinite(c["train_loss"]) and math.isfinite(c["valid_loss"]) for c in curve)
+    assert not list(Path(out).rglob(".*.tmp"))  # written atomically
+    # Tune's own experiment state never holds a forecast
+    assert all("r_hat" not in p.read_text() for p in (Path(out) / "_tune").rglob("experiment_state*.json"))
+
+
+def test_rescoring_reproduces_every_stored_score(bench):
+    out, df, _ = bench
+    for r in df.to_dict("records"):
+        got = scores(*read_forecast(out, "benchmark", r["model"], r["trial_id"]))
+        assert set(got) == {p + k for p in ("valid_", "") for k in TEST_METRICS}  # m = 0: no omitted_
+        for k, v in got.items():
+            tol = R2_RTOL if "r2_" in k else 1e-12
+            assert v == pytest.approx(r[k], rel=tol, abs=1e-12, nan_ok=True), (r["model"], k)
+    again, n = rescore_rows(out, df)
+    assert n == 4
+    cols = [c for c in METRIC_COLUMNS if c in df.columns and "r2_" not in c]
+    pd.testing.assert_frame_equal(again[cols], df[cols], rtol=1e-12)
+
+
+def test_rescoring_at_another_cost_and_the_omitted_scores(ray_session, tiny_panel, tmp_path):
+    out = tmp_path / "rob"
+    run_study(StudyOptions(study="robustness", models=["ipca"], seeds=1, m=[10], out=out, split=SPLIT,
+                           max_failures=0), panel=tiny_panel)  # fmt: skip
+    row = read_results(out).iloc[0]
+    fc, n = read_forecast(out, "robustness", "ipca", row["trial_id"])
+    assert fc["omitted"].any()
+    same = scores(fc, n)
+    for k in ("omitted_rank_ic", "omitted_rank_icir", "sharpe_net", "valid_ic"):
+        assert same[k] == pytest.approx(row[k], rel=1e-12), k
+    free = scores(fc, n, cost=0.0)
+    assert free["sharpe_net"] == pytest.approx(row["sharpe"], rel=1e-12)  # no cost: net = gross
+    assert free["turnover"] == same["turnover"]
+
+
+def test_value_weighted_long_short():
+    rng = np.random.default_rng(0)
+    r_hat, ret = rng.standard_normal((6, 40)), 0.05 * rng.standard_normal((6, 40))
+    mask = np.ones((6, 40), bool)
+    ew = long_short(r_hat, ret, mask)
+    assert np.allclose(long_short(r_hat, ret, mask, size=np.full((6, 40), 7.0))["gross"], ew["gross"])
+    size = np.ones((6, 40))
+    top = np.argmax(r_hat, axis=1)
+    size[np.arange(6), top] = 1e9  # the largest forecast's stock carries the long leg
+    vw = long_short(r_hat, ret, mask, size=size)
+    short = ew["gross"] - ret[np.arange(6)[:, None], np.argsort(r_hat, axis=1)[:, -4:]].mean(1)
+    assert np.allclose(vw["gross"], ret[np.arange(6), top] + short, atol=1e-6)
+
+
+def test_table_ensemble_rows_and_cli_rescore(bench, capsys, tmp_path):
+    out, df, _ = bench
+    ens = seed_ensembles(out, df)
+    assert sorted(ens["model"]) == ["factorvae", "ipca"] and (ens["n"] == 2).all()
+    tables = build_tables(df, ensembles=ens)
+    for t in tables:
+        assert {f"{m} ({ENSEMBLE})" for m in ("ipca", "factorvae")} <= set(t.rows), t.title
+        assert ENSEMBLE in t.caption
+    # IPCA is deterministic: its seeds agree, so the ensemble of them is the same forecast
+    t1 = tables[0].frame
+    assert t1.loc[f"ipca ({ENSEMBLE})", ("r2_total", 0, "mean")] == pytest.approx(t1.loc["ipca", ("r2_total", 0, "mean")])
+    assert cli(["table", str(out), "--rescore", "--cost", "10", "--format", "markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "Sharpe (10 bps)" in text and "Rescored from the stored forecasts of 4 trials" in text
+    assert "FactorVAE (seed ensemble)" in text
+    assert cli(["table", str(out), "--weighting", "value"]) == 2
+    assert "'size' column" in capsys.readouterr().err
+    assert cli(["plot", str(out), "--out", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig" / "learning_curves.png").stat().st_size > 0
+
+
+def test_tune_asha_stops_trials_and_resume_continues_the_optuna_study(ray_session, tiny_panel, tmp_path):
+    import optuna
+    import shutil
+
+    out = tmp_path / "tune"
+    opts = dict(study="tune", models=["ca"], samples=6, epochs=4, out=out, split=SPLIT, scheduler="asha",
+                max_concurrent=2, max_failures=0)  # fmt: skip
+    run_study(StudyOptions(**opts), panel=tiny_panel)
+    df = read_results(out, study="tune")
+    assert len(df) == 6 and set(df["status"]) <= {"ok", "stopped"}, df["error"].tolist()
+    stopped = df[df["status"] == "stopped"]
+    assert len(stopped) >= 1 and (stopped["epochs"] < 4).all()  # ASHA ended some before the cap
+    assert (df.loc[df["status"] == "ok", "epochs"] == 4).all()
+    storage = f"sqlite:///{out / 'optuna.db'}"
+    name = optuna_study_name("ca", read_results(out).pipe(lambda d: _identity(d)))
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == [name]
+    assert len(optuna.load_study(study_name=name, storage=storage).trials) == 6
+    # Resumed where only --out survived (Tune's experiment gone): the same Optuna study grows.
+    shutil.rmtree(out / "_tune")
+    run_study(StudyOptions(**{**opts, "samples": 8, "resume": True}), panel=tiny_panel)
+    assert len(read_results(out, study="tune")) == 8
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == [name]
+    assert len(optuna.load_study(study_name=name, storage=storage).trials) == 8
+
+
+def _identity(df):
+    from rvrae.identity import StudyIdentity
+
+    r = df.iloc[0]
+    return StudyIdentity(data_fingerprint=r["data_fingerprint"], data_source=r["data_source"],
+                         split=tuple(int(x) for x in r["split"].split("/")), epoch_cap=int(r["epoch_cap"]) or None,
+                         objective=r["objective"], mode=r["mode"])  # fmt: skip
