@@ -42,6 +42,10 @@ from rvrae.metrics import COST, TEST_METRICS, score
 FORECAST_DIR = "forecasts"
 REPORT_KEY = "forecast_parquet"  # the final report's key that carries a trial's file (bytes)
 _FLOATS = ("ret", "r_hat", "r_std", "fit_total", "fit_pred")
+# Dictionaries for the repetitive columns only (on float32 noise they cost 1.5 bytes a value);
+# byte-stream-split floats compress a little under zstd. ~4.8 MB a trial at 5,682 stocks.
+_PARQUET = dict(compression="zstd", use_dictionary=["cell_id", "trial_id", "split", "date", "id"],
+                use_byte_stream_split=list(_FLOATS))  # fmt: skip
 
 
 def forecast_table(panel, fc, valid_months, test_months, omitted) -> pa.Table:
@@ -85,7 +89,7 @@ def forecast_table(panel, fc, valid_months, test_months, omitted) -> pa.Table:
 def to_bytes(table: pa.Table) -> bytes:
     """A table as Parquet bytes (zstd): what the trial ships to the driver."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, **_PARQUET)
     return buf.getvalue()
 
 
@@ -107,7 +111,7 @@ def write_forecast(out_dir: str | Path, study: str, model: str, trial_id: str, d
     table = table.add_column(0, "cell_id", pa.array([cell_id] * n).dictionary_encode())
     table = table.replace_schema_metadata(meta)
     path = forecast_path(out_dir, study, model, trial_id)
-    atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    atomic_write(path, lambda fh: pq.write_table(table, fh, **_PARQUET))
     return path
 
 

@@ -14,6 +14,12 @@ Cases (medians over repeats):
   d  concurrency: the same grid through Tune with 1 vs 2 concurrent trials (target ≥ 1.7×)
   e  scaling: fit time vs stocks for RVRAE and IPCA; log-log slope of time on N
   f  `rvrae demo` wall time in a subprocess (target ≤ 300 s)
+  g  early stopping: a tune study of RVRAE on the built-in panel with ASHA vs without (same
+     Optuna seed, so both draw the same first configs): the best validation objective of
+     each, the seed noise of the best config (std over `Asha.seeds` seeds), and the summed
+     trial time, ratio = ASHA ÷ none (target ≤ 0.5 with the best within the seed noise)
+  h  forecast storage: a benchmark grid with vs without stored forecasts (--no-forecasts),
+     ratio of wall times (target ≤ 1.05), and the bytes of one trial's file at 5,682 stocks
 
 Rows go to `<out>/study=speed/model=<model>/` (`rvrae.results.store.write_row`), one per case
 × repeat (`seed` = repeat index), with a `case` column, so `rvrae table results --study speed`
@@ -39,7 +45,7 @@ import numpy as np
 
 from rvrae.errors import UserError
 
-CASES = "abcdef"
+CASES = "abcdefgh"
 PAPER = dict(n_stocks=5682, n_months=252, n_chars=46)
 MODELS = ("rvrae", "ipca", "ca", "factorvae", "alstm", "transformer")
 
@@ -76,6 +82,23 @@ CONTEXT_GRIDS = (
 )
 
 
+_QUICK_PANEL = dict(synth=dict(n_stocks=150, n_months=120, n_chars=8), split=(6, 2, 2))
+
+
+@dataclass
+class Asha:
+    """Case g: `samples` Optuna trials of RVRAE at `epochs` epochs, `concurrent` at a time, on
+    the built-in panel ({} = 300 stocks × 252 months × 20 chars), then the best config of the
+    study without ASHA over `seeds` seeds for the seed noise."""
+
+    samples: int = 10  # ≤ 10: TPE's random start-up trials, the same configs in both studies
+    epochs: int = 8  # sized to ~15 minutes for g and h together on a shared 2-core machine
+    concurrent: int = 2
+    seeds: int = 3
+    synth: dict = field(default_factory=dict)
+    split: tuple = (15, 3, 3)
+
+
 @dataclass
 class Sizes:
     """What each case runs; `full()` is the issue's sizes, `quick()` a few minutes' worth."""
@@ -90,6 +113,8 @@ class Sizes:
     scale_months: int = 252
     scale_models: tuple = ("rvrae", "ipca")
     demo_args: tuple = ()  # f: extra `rvrae demo` flags
+    asha: Asha = field(default_factory=Asha)  # g
+    store_grid: Grid = field(default_factory=lambda: Grid("built-in panel", {}, epochs=4, models=("rvrae", "ipca", "ca")))  # h
     threads: int = 1  # torch threads of every measured fit (a trial's CPUs in the harness)
 
     @classmethod
@@ -103,7 +128,8 @@ class Sizes:
         return cls(
             repeats=1, ipca=(500, 60, 46, 5), bench=dict(n_stocks=500, n_months=84, n_chars=46),
             grids=(tiny,), scale_stocks=(250, 500, 1000), scale_months=84,
-            demo_args=("--seeds", "1", "--epochs", "1"),
+            demo_args=("--seeds", "1", "--epochs", "1"), asha=Asha(samples=4, epochs=4, seeds=2, **_QUICK_PANEL),
+            store_grid=Grid("reduced panel", _QUICK_PANEL["synth"], split=(6, 2, 2), epochs=1, models=("rvrae", "ipca")),
         )  # fmt: skip
 
 
@@ -114,6 +140,8 @@ TARGETS = {
     "d": "ratio>=1.7",
     "e": "",  # no target: the slope is reported (1 = linear in N)
     "f": "<=300s",
+    "g": "ratio<=0.5, |best-ref_best|<=seed_std",
+    "h": "ratio<=1.05",
 }
 
 
@@ -364,6 +392,88 @@ def case_f(s: Sizes) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- g, h: predictions as data
+
+
+def trial_seconds(df) -> float:
+    """Summed wall time of a study's trials (started_at .. finished_at of each row, the
+    driver's clock, 1 s resolution): what early stopping saves."""
+    import pandas as pd
+
+    start, end = pd.to_datetime(df["started_at"]), pd.to_datetime(df["finished_at"])
+    return float((end - start).dt.total_seconds().sum())
+
+
+def case_g(s: Sizes):
+    """Yields one row: ASHA vs none, then the seed noise of the best config (see module doc)."""
+    import ray
+
+    from rvrae.results.store import read_results
+    from rvrae.study.runner import StudyOptions, connect, run_study
+
+    a = s.asha
+    panel = grid_panel(Grid("asha", a.synth, split=a.split))
+    started = connect("local", False)
+    got = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="rvrae-speed-asha-") as d:
+            for kind in ("none", "asha"):
+                opts = StudyOptions(study="tune", models=["rvrae"], out=Path(d) / kind, samples=a.samples,
+                                    epochs=a.epochs, scheduler=kind, cpus_per_trial=1, max_concurrent=a.concurrent,
+                                    address="local", split=tuple(a.split), max_failures=0)  # fmt: skip
+                t0 = time.perf_counter()
+                run_study(opts, panel=panel)
+                wall = time.perf_counter() - t0
+                df = read_results(opts.out, study="tune")
+                ok = df[df["status"] == "ok"]
+                best = ok.loc[ok["valid_rank_ic"].astype(float).idxmax()]
+                got[kind] = dict(best=float(best["valid_rank_ic"]), trial_s=trial_seconds(df), wall=wall,
+                                 stopped=int((df["status"] == "stopped").sum()), config=json.loads(best["config"]))  # fmt: skip
+            # Seed noise: the best config of the study without ASHA, over `seeds` seeds.
+            cfg = {k: v for k, v in got["none"]["config"].items() if k != "epochs"}
+            opts = StudyOptions(study="benchmark", models=["rvrae"], out=Path(d) / "seeds", seeds=a.seeds, m=[0],
+                                epochs=a.epochs, configs={"rvrae": cfg}, cpus_per_trial=1, max_concurrent=a.concurrent,
+                                address="local", split=tuple(a.split), max_failures=0)  # fmt: skip
+            run_study(opts, panel=panel)
+            seeds = read_results(opts.out, study="benchmark")["valid_rank_ic"].astype(float)
+    finally:
+        if started:
+            ray.shutdown()
+    label = f"g ASHA/none tune rvrae, {a.samples} trials x {a.epochs} ep, {panel.N} stocks"
+    yield _row(label, "rvrae", 0, ratio=got["asha"]["trial_s"] / got["none"]["trial_s"],
+               seconds=got["asha"]["trial_s"], ref_seconds=got["none"]["trial_s"], best=got["asha"]["best"],
+               ref_best=got["none"]["best"], seed_std=float(seeds.std(ddof=1)), stopped=got["asha"]["stopped"],
+               wall_seconds=got["asha"]["wall"], ref_wall_seconds=got["none"]["wall"])  # fmt: skip
+
+
+def case_h(s: Sizes):
+    """Yields one row per repeat: the grid's wall time with stored forecasts ÷ without, in
+    alternating order; the row also carries the bytes of one paper-scale forecast file."""
+    import ray
+
+    from rvrae.results.forecasts import bytes_per_trial
+    from rvrae.study.runner import connect, run_study
+
+    g = s.store_grid
+    panel = grid_panel(g)
+    size = bytes_per_trial(5682)
+    started = connect("local", False)
+    try:
+        for rep in range(s.repeats):
+            walls = {}
+            for store in ((True, False) if rep % 2 == 0 else (False, True)):
+                with tempfile.TemporaryDirectory(prefix="rvrae-speed-store-") as d:
+                    opts = dataclasses.replace(grid_options(g, Path(d) / "out", 2), forecasts=store)
+                    t0 = time.perf_counter()
+                    run_study(opts, panel=panel)
+                    walls[store] = time.perf_counter() - t0
+            yield _row(f"h forecasts stored/not, {g.label()}", "harness", rep, ratio=walls[True] / walls[False],
+                       seconds=walls[True], ref_seconds=walls[False], bytes_per_trial_5682=size)  # fmt: skip
+    finally:
+        if started:
+            ray.shutdown()
+
+
 # ---------------------------------------------------------------- summary
 
 
@@ -386,6 +496,11 @@ def met(case: str, med: dict) -> str:
         return _ok(med.get("ratio", math.nan) >= 1.7)
     if k == "f" and "--seeds" not in case:
         return _ok(med.get("seconds", math.nan) <= 300)
+    if k == "g":
+        close = abs(med.get("best", math.nan) - med.get("ref_best", math.nan)) <= med.get("seed_std", math.nan)
+        return _ok(med.get("ratio", math.nan) <= 0.5 and close)
+    if k == "h":
+        return _ok(med.get("ratio", math.nan) <= 1.05)
     return ""
 
 
@@ -393,7 +508,8 @@ def _ok(flag: bool) -> str:
     return "met" if flag else "missed"
 
 
-VALUE_COLUMNS = ("ratio", "ratio_warm", "seconds", "ref_seconds", "peak_rss_mb", "delta_r2", "slope", "load1")
+VALUE_COLUMNS = ("ratio", "ratio_warm", "seconds", "ref_seconds", "peak_rss_mb", "delta_r2", "slope", "best",
+                 "ref_best", "seed_std", "stopped", "bytes_per_trial_5682", "load1")  # fmt: skip
 
 
 def summarise(rows: list[dict]):
@@ -442,7 +558,7 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}), {mem:.1f} GiB RAM, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
 
 
-RUNNERS = {"a": case_a, "b": case_b, "e": case_e, "f": case_f}
+RUNNERS = {"a": case_a, "b": case_b, "e": case_e, "f": case_f, "g": case_g, "h": case_h}
 
 
 def run_speed(cases: str = CASES, quick: bool = False, out: Path | str | None = Path("results"),
