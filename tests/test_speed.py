@@ -35,6 +35,10 @@ def test_verdicts_follow_the_targets():
     assert met("c tune/in-process, " + verdict.label(), {"ratio": 1.2}) == "missed"
     assert met("c tune/in-process, " + context.label(), {"ratio": 1.2}) == ""  # context: no target
     assert met("d speed-up, " + context.label(), {"ratio": 1.2}) == ""
+    g, close = "g ASHA/none tune rvrae, 10 trials x 8 ep", {"best": 0.049, "ref_best": 0.050, "seed_std": 0.003}
+    assert met(g, {"ratio": 0.4, **close}) == "met" and met(g, {"ratio": 0.6, **close}) == "missed"
+    assert met(g, {**close, "ratio": 0.4, "best": 0.040}) == "missed"  # cheaper, but worse than the seed noise
+    assert met("h forecasts stored/not", {"ratio": 1.03}) == "met" and met("h forecasts", {"ratio": 1.2}) == "missed"
 
 
 def test_summary_takes_medians_per_case_and_model():

@@ -228,7 +228,7 @@ def seed_ensembles(out_dir: str | Path, df: pd.DataFrame, cost: float = COST, we
     forecasts: every metric scored on the mean forecast over its seeds (Gu–Kelly–Xiu average
     their networks over seeds), `n` = seeds averaged, `ensemble` = True. Only m = 0: with
     m > 0 every seed omits other stocks. Empty when no forecasts are stored."""
-    from rvrae.identity import IDENTITY_COLUMNS
+    from rvrae.identity import KEY_COLUMNS
     from rvrae.results.tables import ok_rows
 
     ok = ok_rows(df)
@@ -236,7 +236,8 @@ def seed_ensembles(out_dir: str | Path, df: pd.DataFrame, cost: float = COST, we
     rows = []
     if ok.empty or "cell_id" not in ok.columns:
         return pd.DataFrame()
-    group_cols = ["study", "model", "resolved_config", *[c for c in IDENTITY_COLUMNS if c in ok.columns]]
+    # the cell key without the seed: code version and data path are recorded, not keyed (rvrae.identity)
+    group_cols = ["study", "model", "resolved_config", *[c for c in KEY_COLUMNS if c in ok.columns]]
     for _, g in ok.groupby([c for c in group_cols if c in ok.columns], sort=False, dropna=False):
         frames, n_stocks = [], 0
         for _, r in g.iterrows():
@@ -247,34 +248,35 @@ def seed_ensembles(out_dir: str | Path, df: pd.DataFrame, cost: float = COST, we
         if len(frames) < 2:
             continue
         first = g.iloc[0].to_dict()
-        row = {k: first[k] for k in ("study", "model", "m", "config", *group_cols) if k in first}
+        row = {k: first[k] for k in ("study", "model", "m", "config", *group_cols, "data_source") if k in first}
         row.update(scores(_mean_forecast(frames), n_stocks, cost=cost, weighting=weighting))
         row.update({"n": len(frames), "ensemble": True, "status": "ok", "seed": -1})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def bytes_per_trial(n_stocks: int = 5682, months: int = 72, alive: float = 0.55, r_std: bool = True,
-                    seed: int = 0) -> int:  # fmt: skip
-    """Bytes of one trial's forecast file at `n_stocks` (paper scale: 5,682 stocks, 3 valid +
-    3 test years, ~55 % of the stocks with a return each month), through the same writer on a
-    random forecast: what README's figure is measured with."""
+def storage_cost(n_stocks: int = 5682, months: int = 72, alive: float = 0.55, r_std: bool = True,
+                 seed: int = 0) -> tuple[int, float]:  # fmt: skip
+    """(bytes of one trial's forecast file, seconds to build, serialise and write it) at
+    `n_stocks` (paper scale: 5,682 stocks, 3 valid + 3 test years, ~55 % of the stocks with a
+    return each month), through the same code as a trial on a random forecast: the figures in
+    the README. The seconds are the work a trial and the sink add for storing forecasts."""
     import tempfile
+    import time
 
     from rvrae.data.panel import Panel
     from rvrae.models.base import Forecast
 
     rng = np.random.default_rng(seed)
-    T, K = months, 5
+    T, K, f32 = months, 5, np.float32
     mask = rng.uniform(size=(T, n_stocks)) < alive
-    panel = Panel.from_arrays(np.zeros((T, n_stocks, 1), np.float32),
-                              (0.1 * rng.standard_normal((T, n_stocks))).astype(np.float32), mask)  # fmt: skip
-    f32 = np.float32
+    panel = Panel.from_arrays(np.zeros((T, n_stocks, 1), f32), (0.1 * rng.standard_normal((T, n_stocks))).astype(f32), mask)
     fc = Forecast(months=np.arange(T), r_hat=(0.01 * rng.standard_normal((T, n_stocks))).astype(f32),
                   beta=rng.standard_normal((T, n_stocks, K)).astype(f32), f_post=rng.standard_normal((T, K)).astype(f32),
                   f_prior=np.zeros((T, K), f32), r_std=np.abs(rng.standard_normal((T, n_stocks))).astype(f32) if r_std else None)  # fmt: skip
     half = T // 2
-    data = to_bytes(forecast_table(panel, fc, np.arange(half), np.arange(half, T), np.zeros(0, np.int64)))
     with tempfile.TemporaryDirectory() as tmp:
-        return write_forecast(tmp, "benchmark", "rvrae", "t0", data, "0" * 16).stat().st_size
-
+        t0 = time.perf_counter()
+        data = to_bytes(forecast_table(panel, fc, np.arange(half), np.arange(half, T), np.zeros(0, np.int64)))
+        path = write_forecast(tmp, "benchmark", "rvrae", "t0", data, "0" * 16)
+        return path.stat().st_size, time.perf_counter() - t0

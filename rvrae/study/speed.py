@@ -448,15 +448,18 @@ def case_g(s: Sizes):
 
 def case_h(s: Sizes):
     """Yields one row per repeat: the grid's wall time with stored forecasts ÷ without, in
-    alternating order; the row also carries the bytes of one paper-scale forecast file."""
+    alternating order (noisy on a shared machine); the row also carries what storing costs
+    directly, measured on its own: seconds to build, serialise and write one trial's forecast
+    at the grid's size (`store_seconds`) and at 5,682 stocks, and that file's bytes."""
     import ray
 
-    from rvrae.results.forecasts import bytes_per_trial
+    from rvrae.results.forecasts import storage_cost
     from rvrae.study.runner import connect, run_study
 
     g = s.store_grid
     panel = grid_panel(g)
-    size = bytes_per_trial(5682)
+    size, paper_s = storage_cost(5682)
+    _, grid_s = storage_cost(panel.N, months=12 * (g.split[1] + g.split[2]))
     started = connect("local", False)
     try:
         for rep in range(s.repeats):
@@ -468,7 +471,8 @@ def case_h(s: Sizes):
                     run_study(opts, panel=panel)
                     walls[store] = time.perf_counter() - t0
             yield _row(f"h forecasts stored/not, {g.label()}", "harness", rep, ratio=walls[True] / walls[False],
-                       seconds=walls[True], ref_seconds=walls[False], bytes_per_trial_5682=size)  # fmt: skip
+                       seconds=walls[True], ref_seconds=walls[False], bytes_per_trial_5682=size,
+                       store_seconds_5682=paper_s, store_seconds=grid_s)  # fmt: skip
     finally:
         if started:
             ray.shutdown()
@@ -509,7 +513,8 @@ def _ok(flag: bool) -> str:
 
 
 VALUE_COLUMNS = ("ratio", "ratio_warm", "seconds", "ref_seconds", "peak_rss_mb", "delta_r2", "slope", "best",
-                 "ref_best", "seed_std", "stopped", "bytes_per_trial_5682", "load1")  # fmt: skip
+                 "ref_best", "seed_std", "stopped", "bytes_per_trial_5682", "store_seconds", "store_seconds_5682",
+                 "load1")  # fmt: skip
 
 
 def summarise(rows: list[dict]):
