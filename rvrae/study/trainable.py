@@ -173,7 +173,9 @@ def train_trial(config: dict, panel, report=None) -> None:
 
     def progress(epoch: int, record: dict) -> None:
         epochs[0] = epoch
-        rep = {"train_loss": float(record["train_loss"]), "valid_loss": float(record["valid_loss"])}
+        # every loss the fit records (train_loss, valid_loss, any other a model adds): an
+        # early-stopping scheduler may watch any of them
+        rep = {k: float(v) for k, v in record.items() if k != "epoch"}
         if objective:
             rep[objective] = float("nan")  # not known before the end of the fit
         report({**rep, **meta, "epochs": epoch})
@@ -195,8 +197,7 @@ def train_trial(config: dict, panel, report=None) -> None:
     if history:
         # The learning curve goes into the row; valid_loss into every result, as an early-
         # stopping scheduler (ASHA) that reads it per epoch expects of the last one too.
-        final["history"] = json.dumps([{k: float(r[k]) if k != "epoch" else int(r[k]) for k in
-                                        ("epoch", "train_loss", "valid_loss")} for r in history])  # fmt: skip
+        final["history"] = json.dumps([{k: int(v) if k == "epoch" else float(v) for k, v in r.items()} for r in history])
         final["valid_loss"] = float(history[-1]["valid_loss"])
     if config.get("forecasts", True):
         from rvrae.results.forecasts import REPORT_KEY, forecast_table, to_bytes
