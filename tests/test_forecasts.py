@@ -15,7 +15,7 @@ import pytest
 
 from rvrae.cli import main as cli
 from rvrae.metrics import TEST_METRICS, long_short
-from rvrae.results.forecasts import forecast_path, read_forecast, rescore_rows, scores, seed_ensembles
+from rvrae.results.forecasts import NOT_RESCORED, forecast_path, read_forecast, rescore_rows, scores, seed_ensembles
 from rvrae.results.store import METRIC_COLUMNS, cell_id, read_results
 from rvrae.results.tables import ENSEMBLE, build_tables
 from rvrae.study.runner import StudyOptions, optuna_study_name, run_study
@@ -67,13 +67,14 @@ def test_rescoring_reproduces_every_stored_score(bench):
     out, df, _ = bench
     for r in df.to_dict("records"):
         got = scores(*read_forecast(out, "benchmark", r["model"], r["trial_id"]))
-        assert set(got) == {p + k for p in ("valid_", "") for k in TEST_METRICS}  # m = 0: no omitted_
+        # m = 0: no omitted_; r2_beta needs β itself (not stored): rows keep it
+        assert set(got) == {p + k for p in ("valid_", "") for k in TEST_METRICS if k not in NOT_RESCORED}
         for k, v in got.items():
             tol = R2_RTOL if "r2_" in k else 1e-12
             assert v == pytest.approx(r[k], rel=tol, abs=1e-12, nan_ok=True), (r["model"], k)
     again, n = rescore_rows(out, df)
     assert n == 4
-    cols = [c for c in METRIC_COLUMNS if c in df.columns and "r2_" not in c]
+    cols = [c for c in METRIC_COLUMNS if c in df.columns and "r2_" not in c]  # r2_beta: kept as stored
     pd.testing.assert_frame_equal(again[cols], df[cols], rtol=1e-12)
 
 

@@ -42,6 +42,8 @@ from rvrae.metrics import COST, TEST_METRICS, score
 FORECAST_DIR = "forecasts"
 REPORT_KEY = "forecast_parquet"  # the final report's key that carries a trial's file (bytes)
 _FLOATS = ("ret", "r_hat", "r_std", "fit_total", "fit_pred")
+# Metrics that need β̂ itself, not only its fitted values: not rescored (rows keep them).
+NOT_RESCORED = ("r2_beta",)
 # Dictionaries for the repetitive columns only (on float32 noise they cost 1.5 bytes a value);
 # byte-stream-split floats compress a little under zstd. ~4.8 MB a trial at 5,682 stocks.
 _PARQUET = dict(compression="zstd", use_dictionary=["cell_id", "trial_id", "split", "date", "id"],
@@ -167,9 +169,9 @@ class _Fitted:
 
 def scores(df: pd.DataFrame, n_stocks: int, cost: float = COST, weighting: str = "equal") -> dict[str, float]:
     """Every metric of a results row (valid_*, test, omitted_*) from one trial's forecast rows,
-    as rvrae.study.trainable.evaluate computes them; `cost` per unit of turnover and the
-    long-short `weighting` ("value": legs weighted by a `size` column) may differ from 30 bps
-    equal-weighted."""
+    as rvrae.study.trainable.evaluate computes them (but NOT_RESCORED); `cost` per unit of
+    turnover and the long-short `weighting` ("value": legs weighted by a `size` column) may
+    differ from 30 bps equal-weighted."""
     if weighting not in ("equal", "value"):
         raise UserError(f"--weighting must be equal or value, got {weighting!r}")
     if weighting == "value" and "size" not in df.columns:
@@ -185,7 +187,7 @@ def scores(df: pd.DataFrame, n_stocks: int, cost: float = COST, weighting: str =
         fc = _Fitted(d)
         size = d.get("size") if weighting == "value" else None
         s = score(d["ret"], mask, fc, fc.lam, cost=cost, size=size)
-        out.update({prefix + k: float(v) for k, v in s.items()})
+        out.update({prefix + k: float(v) for k, v in s.items() if k not in NOT_RESCORED})
     return out
 
 
