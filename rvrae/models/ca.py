@@ -48,9 +48,7 @@ class CAFactorNet(nn.Module):
         self.linear = nn.Linear(n_chars + int(constant), n_factors, bias=False)
 
     def forward(self, z: torch.Tensor, r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        if self.constant:
-            z = torch.cat([torch.ones_like(z[..., :1]), z], -1)  # [B, N, 1 + C]
-        y = managed_portfolios(z, r, m, self.ridge)  # [B, C (+1)]
+        y = managed_portfolios(z, r, m, self.ridge, self.constant)  # [B, (1 +) C]
         return self.linear(y)  # [B, K]
 
 
