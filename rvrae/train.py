@@ -36,8 +36,10 @@ def fit_module(
     cfg: NeuralConfig,
     seed: int,
     progress: Progress | None = None,
+    valid_fn: Callable[[Batch], torch.Tensor] | None = None,
 ) -> list[dict]:
-    """Train `net` in place; returns the per-epoch history. Raises FloatingPointError when the
+    """Train `net` in place; returns the per-epoch history. Early stopping watches
+    `valid_fn` on the validation months (default: `loss_fn`). Raises FloatingPointError when the
     loss stops being finite (the harness records the trial as an error)."""
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -58,7 +60,7 @@ def fit_module(
             opt.step()
             total += loss.item() * len(order[s : s + bm])
         train_loss = total / max(1, len(order))
-        valid_loss = evaluate_loss(net, loss_fn, valid_batch, valid_months, bm)
+        valid_loss = evaluate_loss(net, valid_fn or loss_fn, valid_batch, valid_months, bm)
         if not math.isfinite(valid_loss):
             raise FloatingPointError(f"validation loss became {valid_loss} at epoch {epoch}")
         record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss}

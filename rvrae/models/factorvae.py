@@ -155,10 +155,14 @@ class Config(NeuralConfig):
     epochs: int = 50  # cap; early stopping ends sooner
     patience: int = 5
     seq_len: int = 12  # window of monthly characteristics (SPEC §2.2; Duan et al. use 20 days)
+    forecast: str = "shrunk"  # "prior": r̂ from the attention prior as it is (Duan et al.);
+    # "shrunk": its deviation from the prevailing mean of f_post scaled on validation (as RVRAE;
+    # rvrae.models.base.NeuralFactorModel.calibrate): the raw prior's forecast R² was negative
 
     def __post_init__(self):
         check_config("factorvae", self, at_least_1=("n_factors", "hidden", "n_portfolios"),
-                     choices={"kl_scale": ("per_stock", "per_month")})  # fmt: skip
+                     choices={"kl_scale": ("per_stock", "per_month"),
+                              "forecast": ("shrunk", "prior")})  # fmt: skip
         if self.gamma < 0:
             raise UserError(f"factorvae: gamma must be >= 0, got {self.gamma}")
 
