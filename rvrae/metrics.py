@@ -27,7 +27,7 @@ from scipy.stats import norm
 from rvrae.npx import tie_average_ranks
 
 TEST_METRICS = (
-    "r2_total", "r2_pred", "r2_forecast", "ic", "icir", "rank_ic", "rank_icir",
+    "r2_total", "r2_pred", "r2_forecast", "r2_beta", "ic", "icir", "rank_ic", "rank_icir",
     "sharpe", "sharpe_net", "turnover", "coverage90", "nll",
 )  # fmt: skip
 MIN_STOCKS = 10  # months with fewer stocks are skipped (SPEC §4)
@@ -50,6 +50,24 @@ def r2(ret, fitted, mask) -> float:
 def r2_total(ret, beta, f_post, mask) -> float:
     """Total R² (eq. 32): fitted = β̂_t' f̂_t with the factors inferred from month t."""
     return r2(ret, np.einsum("tnk,tk->tn", _f64(beta), _f64(f_post)), mask)
+
+
+def r2_beta(ret, beta, mask) -> float:
+    """The ceiling of a model's factor path: total R² when each month's factors are the
+    cross-sectional least-squares fit of that month's returns on the model's own β̂_t
+    (f_t = argmin Σ_i (r_it − β̂_it f)², what IPCA's realised factors are). A model whose
+    R²_total sits well below it loses in its factor network what its betas know; one that
+    reaches it but stays low has weak betas. Batched over months (normal equations)."""
+    mask = np.asarray(mask, dtype=bool)
+    b = np.where(mask[..., None], _f64(beta), 0.0)  # [t, n, K]
+    r = np.where(mask, _f64(ret), 0.0)
+    gram = np.einsum("tnk,tnj->tkj", b, b)
+    rhs = np.einsum("tnk,tn->tk", b, r)
+    # a tiny ridge keeps a month with a collinear or all-zero β solvable (f = 0 there)
+    scale = np.trace(gram, axis1=1, axis2=2)[:, None, None] / max(b.shape[-1], 1)
+    eye = np.eye(b.shape[-1])[None]
+    f = np.linalg.solve(gram + 1e-10 * scale * eye + 1e-300 * eye, rhs[..., None])[..., 0]
+    return r2(ret, np.einsum("tnk,tk->tn", b, f), mask)
 
 
 def r2_pred(ret, beta, lam, mask) -> float:
@@ -198,6 +216,7 @@ def score(ret, mask, fc, lam, cost: float = COST, size=None) -> dict[str, float]
         "r2_total": r2_total(ret, fc.beta, fc.f_post, mask),
         "r2_pred": r2_pred(ret, fc.beta, lam, mask),
         "r2_forecast": r2(ret, fc.r_hat, mask),
+        "r2_beta": r2_beta(ret, fc.beta, mask),
         "ic": _nanmean(ic),
         "icir": icir(ic),
         "rank_ic": _nanmean(ric),

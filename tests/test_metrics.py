@@ -163,3 +163,22 @@ def test_score_keys_and_values():
     assert out["r2_total"] > 0.5
     assert math.isnan(out["coverage90"]) and math.isnan(out["nll"])
     assert out["sharpe"] > out["sharpe_net"]
+
+
+def test_r2_beta_is_the_ceiling_of_any_factor_path():
+    """Returns exactly β f: the β-regression explains everything; with noise it is at least
+    the total R² of any factors on the same β (least squares per month), and a month whose β
+    is all zero (nothing alive) does not break it."""
+    from rvrae.metrics import r2_beta, r2_total
+
+    rng = np.random.default_rng(0)
+    beta = rng.normal(size=(6, 40, 3))
+    f = rng.normal(size=(6, 3))
+    mask = rng.uniform(size=(6, 40)) > 0.2
+    ret = np.einsum("tnk,tk->tn", beta, f)
+    assert r2_beta(ret, beta, mask) == pytest.approx(1.0, abs=1e-9)
+    noisy = ret + rng.normal(size=ret.shape)
+    other = f + 0.3 * rng.normal(size=f.shape)
+    assert r2_beta(noisy, beta, mask) > r2_total(noisy, beta, other, mask)
+    beta[2] = 0.0
+    assert np.isfinite(r2_beta(noisy, beta, mask))

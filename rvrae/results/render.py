@@ -27,8 +27,9 @@ MODEL_LABELS = {"ipca": "IPCA", "ca": "CA", "factorvae": "FactorVAE", "alstm": "
                 "transformer": "Trans", "rvrae": "RVRAE"}  # fmt: skip  (the paper's labels)
 METRIC_LABELS = {
     "r2_total": ("Total R²", r"Total $R^2$"),
-    "r2_pred": ("Predictive R²", r"Predictive $R^2$"),
-    "r2_forecast": ("Forecast R²", r"Forecast $R^2$"),
+    "r2_pred": ("Predictive R²", r"Predictive $R^2$"),  # β · prevailing mean of the factors
+    "r2_forecast": ("Forecast R²", r"Forecast $R^2$"),  # the model's own forecast r̂
+    "r2_beta": ("β-regression R²", r"$\beta$-regression $R^2$"),  # ceiling of the factor path
     "ic": ("IC", "IC"),
     "icir": ("ICIR", "ICIR"),
     "rank_ic": ("Rank IC", "Rank IC"),

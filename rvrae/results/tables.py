@@ -197,10 +197,14 @@ def _benchmark(ok: pd.DataFrame) -> list[Table]:
     tables = []
     zero = ok[ok["m"] == 0] if (ok["m"] == 0).any() else ok
     if _has(zero, "r2_total") or _has(zero, "r2_pred"):
+        cols = [c for c in ("r2_total", "r2_pred", "r2_forecast", "r2_beta") if _has(zero, c)]
         tables.append(_mean_std_table(
-            zero, "benchmark", ["r2_total", "r2_pred"], "Table I: total and predictive R²",
-            "Out-of-sample total R² (eq. 32) and predictive R² (eq. 33), in percent.",
-            "table1", scale={"r2_total": 100.0, "r2_pred": 100.0},
+            zero, "benchmark", cols, "Table I: total and predictive R²",
+            "Out-of-sample total R² (eq. 32) and predictive R² (eq. 33, β̂ times the "
+            "prevailing mean of f̂_post), in percent; forecast R²: the model's own r̂; "
+            "β-regression R²: each month's returns on β̂ by least squares (the ceiling of the "
+            "factor path).",
+            "table1", scale={c: 100.0 for c in cols},
         ))  # fmt: skip
     if _has(zero, "sharpe") or _has(zero, "sharpe_net"):
         tables.append(_mean_std_table(
