@@ -18,9 +18,37 @@ def default():
 def test_default_oracle_in_the_papers_regime(default):
     s = default.oracle.scores
     assert 0.15 <= s["r2_total"] <= 0.25, s
-    assert 0.005 <= s["r2_pred"] <= 0.02, s
+    assert 0.005 <= s["r2_pred"] <= 0.02, s  # β · the prevailing mean of the true factors
     assert 0.05 <= s["rank_ic"] <= 0.10, s
     assert np.array_equal(default.oracle.test_months, np.arange(216, 252))
+
+
+def test_oracle_reports_both_predictive_r2s_under_the_models_names(default):
+    """r2_pred uses the prevailing mean of the true factors (what every model's r2_pred
+    uses), r2_forecast the oracle's conditional forecast (what every model's own r̂ is);
+    the factor dynamics are learnable, so the second clearly beats the first."""
+    from rvrae.metrics import r2, r2_pred
+    from rvrae.npx import prevailing_mean
+
+    o, p, m = default.oracle, default.panel, default.oracle.test_months
+    pm = prevailing_mean(o.factors)[m]
+    assert o.scores["r2_pred"] == pytest.approx(r2_pred(p.ret[m], o.beta[m], pm, p.mask[m]))
+    assert o.scores["r2_forecast"] == pytest.approx(r2(p.ret[m], o.r_hat[m], p.mask[m]))
+    assert o.scores["r2_forecast"] >= 1.5 * o.scores["r2_pred"], o.scores
+    assert "r2_pred_prevailing" not in o.scores  # one name per definition
+
+
+def test_a_model_linear_in_ranks_stays_clearly_below_the_oracle(default):
+    """IPCA (betas linear in the ranked characteristics) on the default 15/3/3 split."""
+    from rvrae.data.panel import split_by_years
+    from rvrae.metrics import r2_total
+    from rvrae.models.registry import make_model
+
+    train, valid, test = split_by_years(default.panel)
+    fc = make_model("ipca", {}).fit(train, valid).predict(test)
+    m = test.target_months
+    share = r2_total(default.panel.ret[m], fc.beta, fc.f_post, default.panel.mask[m]) / default.oracle.scores["r2_total"]
+    assert 0.5 <= share <= 0.85, share
 
 
 def test_default_panel_shape(default):
@@ -48,8 +76,11 @@ def test_betas_are_nonlinear_in_the_characteristics(default):
     y = o.beta[m]  # [rows, K]
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
     resid = ((y - X @ coef) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
-    assert (resid[1:3] > 0.3).all(), resid  # the priced factors: interaction and bump shapes
-    assert (resid > 0.05).all(), resid  # even the saturating / threshold shapes are not linear
+    # the market's bump and the priced interaction have no linear part at all; the sines of
+    # the variance factors keep ~40 % outside it; even the saturating shape is not linear
+    assert resid[0] > 0.9 and resid[2] > 0.9, resid
+    assert (resid[3:] > 0.3).all(), resid
+    assert resid[1] > 0.02, resid
 
 
 def test_deterministic_by_seed():
