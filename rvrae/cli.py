@@ -154,7 +154,7 @@ def plot(
 def demo(
     out: Path = typer.Option(Path("results/demo"), "--out"),
     seeds: int = typer.Option(2, help="seeds per cell"),
-    epochs: int = typer.Option(4, help="epoch cap per neural model"),
+    epochs: int = typer.Option(8, help="epoch cap per neural model"),
     verbose: bool = typer.Option(False, help="show Ray's own logs"),
 ):
     """The main job: all six models on the synthetic panel through Ray Tune, then the tables."""

@@ -6,7 +6,7 @@ one local Ray instance, written under `out` (default results/demo). Re-running a
 
 Budget: ≤ 5 minutes on a 2-core laptop for 48 trials (6 models × 2 seeds × 4 m values): a
 smaller planted panel (DEMO_SYNTH, split DEMO_SPLIT), smaller nets (DEMO_CONFIGS) and the
-`epochs` cap (4 from the CLI) keep it inside the budget.
+`epochs` cap (8 from the CLI) keep it inside the budget.
 """
 
 from __future__ import annotations
@@ -21,18 +21,21 @@ DEMO_M = [50, 100, 150]
 # still > 150 stocks with both a training and a test month, so m = 150 can be omitted.
 DEMO_SYNTH = dict(n_stocks=250, n_months=120, n_chars=12)
 DEMO_SPLIT = (6, 2, 2)
-# Smaller nets, shorter windows and 4 months per step: what fits 48 trials in 5 minutes on
-# 2 cores. The demo shows the harness, not the paper's numbers (run the studies for those).
+# Smaller nets and shorter windows, 2 months per step at a higher learning rate, 8 epochs at
+# most (the CLI's --epochs): enough for every model to learn the panel (measured: RVRAE 0.103
+# total R² against IPCA's 0.112 on the benchmark's test years; at the earlier 4 epochs of 4
+# months per step, 72 Adam steps, it showed 0.016) and 48 trials in about 4 minutes on 2 cores.
 DEMO_CONFIGS = {
-    "rvrae": {"hidden": 16, "seq_len": 6, "mc_samples": 4, "batch_months": 4},
-    "ca": {"batch_months": 4},
-    "factorvae": {"hidden": 32, "n_portfolios": 32, "seq_len": 6, "batch_months": 4},
-    "alstm": {"hidden": 32, "layers": 1, "seq_len": 6, "batch_months": 4},
-    "transformer": {"d_model": 32, "layers": 1, "ff_dim": 64, "seq_len": 6, "batch_months": 4},
+    "rvrae": {"hidden": 16, "seq_len": 3, "mc_samples": 4, "batch_months": 2, "lr": 5e-3, "patience": 3},
+    "ca": {"batch_months": 2, "lr": 3e-3},
+    "factorvae": {"hidden": 16, "n_portfolios": 16, "seq_len": 3, "batch_months": 2, "lr": 5e-3, "patience": 3},
+    "alstm": {"hidden": 16, "layers": 1, "seq_len": 3, "batch_months": 2, "lr": 5e-3, "patience": 3},
+    "transformer": {"d_model": 16, "layers": 1, "ff_dim": 32, "seq_len": 3, "batch_months": 2, "lr": 5e-3,
+                    "patience": 3},
 }
 
 
-def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 4, verbose: bool = False,
+def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 8, verbose: bool = False,
              console=None, models: list[str] | None = None) -> dict:
     """Run both grids and print Tables I-III; returns {study: trials written}."""
     import ray
