@@ -44,6 +44,7 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 8, 
     from rvrae.data.synthetic import SynthConfig, make_synthetic, oracle_scores
     from rvrae.models.registry import model_names
     from rvrae.results.render import print_oracle, render_tables
+    from rvrae.results.forecasts import seed_ensembles
     from rvrae.results.store import read_results
     from rvrae.results.tables import build_tables
     from rvrae.study.runner import StudyOptions, connect, run_study
@@ -71,7 +72,9 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 8, 
             ray.shutdown()
     console.print(f"demo: {sum(written.values())} trials in {time.time() - t0:.0f}s, results in {out}", highlight=False)
     for study in ("benchmark", "robustness"):
-        tables = build_tables(read_results(out, study=study), study=study)
+        rows = read_results(out, study=study)
+        ensembles = seed_ensembles(out, rows) if study == "benchmark" else None
+        tables = build_tables(rows, study=study, ensembles=ensembles)
         text = render_tables(tables, "rich", console=console)
         if text:
             console.print(text)
