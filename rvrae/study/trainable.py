@@ -212,10 +212,12 @@ def warm_worker() -> None:
     """Ray's `worker_process_setup_hook`: import torch and the models, and take one Adam step,
     when a worker process starts — in the background while the driver loads the panel —
     rather than inside the first trial (torch's first optimizer step imports torch._dynamo:
-    seconds in a cold process)."""
+    seconds in a cold process; scipy.stats, which the metrics import, another second)."""
     import torch
 
+    import rvrae.metrics  # noqa: F401
     import rvrae.models.registry  # noqa: F401
+    import rvrae.results.forecasts  # noqa: F401
     import rvrae.train  # noqa: F401
 
     p = torch.nn.Parameter(torch.zeros(1))
