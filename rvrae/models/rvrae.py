@@ -104,7 +104,8 @@ class Config(NeuralConfig):
     # U y_τ (eq. 13) and f̂ gets V z (eq. 21). Not in the paper; without them f_post lost a
     # fifth of what the betas explain (module docstring)
     forecast: str = "shrunk"  # "prior": r̂ from the prior as it is (eq. 4); "shrunk": the
-    # prior's deviation from the prevailing mean of f_post, scaled per factor on validation
+    # prevailing mean of f_post plus a share w ∈ [0, 1] of the prior's deviation from it, w
+    # fitted on the validation months (one w: per-factor shares chose noise as often as signal)
     dropout: float = 0.0  # on the factor network's portfolio inputs
     ridge: float = 1e-4  # ε of the managed-portfolio solve (per live stock); all-zero chars
     constant: bool = True  # a constant instrument in the managed portfolios, as IPCA and CA
