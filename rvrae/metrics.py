@@ -63,10 +63,10 @@ def r2_beta(ret, beta, mask) -> float:
     r = np.where(mask, _f64(ret), 0.0)
     gram = np.einsum("tnk,tnj->tkj", b, b)
     rhs = np.einsum("tnk,tn->tk", b, r)
-    # a tiny ridge keeps a month with a collinear or all-zero β solvable (f = 0 there)
-    scale = np.trace(gram, axis1=1, axis2=2)[:, None, None] / max(b.shape[-1], 1)
-    eye = np.eye(b.shape[-1])[None]
-    f = np.linalg.solve(gram + 1e-10 * scale * eye + 1e-300 * eye, rhs[..., None])[..., 0]
+    # a tiny ridge, relative to the month's scale (and never 0), keeps a month with a
+    # collinear or all-zero β solvable (f = 0 there)
+    ridge = 1e-10 * np.trace(gram, axis1=1, axis2=2) / b.shape[-1] + 1e-300  # [t]
+    f = np.linalg.solve(gram + ridge[:, None, None] * np.eye(b.shape[-1]), rhs[..., None])[..., 0]
     return r2(ret, np.einsum("tnk,tk->tn", b, f), mask)
 
 

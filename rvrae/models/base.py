@@ -163,8 +163,9 @@ class NeuralFactorModel(FactorModel):
 
     def valid_loss(self, net: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """The early-stopping criterion on a validation batch (eval mode, no grad): the
-        training loss unless a model says otherwise. RVRAE adds its forecast's error, so that
-        the best epoch is chosen by what the tables score (SPEC §3.1)."""
+        training loss unless a model says otherwise. RVRAE's is its reconstruction error plus
+        its prior's forecast error, so the best epoch is chosen by what the tables score and
+        does not depend on the searched KL weight (SPEC §3.1)."""
         return self.loss(net, batch)
 
     def fit(self, train, valid, seed=0, device="cpu", progress=None):
