@@ -166,7 +166,7 @@ def test_shrunk_forecast_is_chosen_on_validation():
     the prevailing mean's (w = 0); forecast="prior" is the raw prior."""
     panel = planted_panel()
     raw = fitted(panel, epochs=3, forecast="prior")
-    shrunk = fitted(panel, epochs=3, forecast="shrunk")
+    shrunk = fitted(panel, epochs=3, forecast="shrunk", forecast_tstat=0.0)  # no gate
     assert raw.forecast_weight_ is None and 0.0 <= shrunk.forecast_weight_ <= 1.0
     a, b = raw.predict(panel.view(VALID)), shrunk.predict(panel.view(VALID))
     np.testing.assert_array_equal(a.beta, b.beta)  # the same fit: only the forecast differs
@@ -180,3 +180,47 @@ def test_shrunk_forecast_is_chosen_on_validation():
     w = float(shrunk.forecast_weight_)
     for v in (max(w - 0.05, 0.0), min(w + 0.05, 1.0)):
         assert sse(b.r_hat) <= sse(pm + v * (a.r_hat - pm)) + 1e-9, (w, v)
+
+
+
+def test_shrunk_forecast_gate_keeps_the_prevailing_mean_below_its_t_statistic(monkeypatch):
+    """forecast_tstat: the fitted share w is used only when its month-clustered validation
+    t-statistic reaches the threshold; below it the forecast is the prevailing mean (w = 0).
+    Driven through `calibrate` with controlled priors: half of each month's cross-sectional
+    OLS of the returns on β plus noise (it knows part of the month: t large), and the
+    prevailing mean plus noise (t small)."""
+    panel = planted_panel()
+    model = fitted(panel, epochs=1, forecast_tstat=0.0)
+    months = np.arange(6, 36)  # 30 months: a clustered t-statistic needs more than VALID's 6
+    valid = panel.view(months)
+    tensors = PanelTensors(valid.view(None), "cpu", model.config.seq_len)
+    out = model._run(tensors, np.arange(months.max() + 1))
+    fbar = prevailing_mean(out["f_post"])
+    noise = np.random.default_rng(0).standard_normal(fbar.shape) * fbar.std(0)
+    beta, m = out["beta"][months].astype(np.float64), panel.mask[months]
+    ols = fbar.copy()
+    for i, t in enumerate(months):
+        ols[t] = np.linalg.lstsq(beta[i][m[i]], panel.ret[t][m[i]], rcond=None)[0]
+    ols = fbar + 0.5 * (ols - fbar) + 0.3 * noise  # knows part of the month, plus noise
+
+    def calibrate(f_prior, tstat):
+        monkeypatch.setattr(model, "_run", lambda *a: {**out, "f_prior": f_prior})
+        model.config.forecast_tstat = tstat
+        model.calibrate(valid, tensors, TRAIN, months)
+        return float(model.forecast_weight_), model.forecast_tstat_
+
+    def by_hand(f_prior):  # r − β f̄ on β (f_prior − f̄), month-clustered
+        y = np.where(m, panel.ret[months] - np.einsum("tnk,tk->tn", beta, fbar[months]), 0.0)
+        x = np.where(m, np.einsum("tnk,tk->tn", beta, f_prior[months] - fbar[months]), 0.0)
+        w = (x * y).sum() / (x * x).sum()
+        g = (x * (y - w * x)).sum(axis=1)
+        return w, w / (np.sqrt((g * g).sum()) / (x * x).sum())
+
+    for f_prior in (ols, fbar + noise):
+        w, t = by_hand(f_prior)
+        assert calibrate(f_prior, 0.0) == pytest.approx((min(max(w, 0), 1), t), rel=1e-4)
+    w_sig, t_sig = calibrate(ols, 2.0)
+    assert t_sig > 2.0 and w_sig > 0.0  # supported: kept
+    w_noise, t_noise = calibrate(fbar + noise, 2.0)
+    assert t_noise < 2.0 and w_noise == 0.0  # not supported: the prevailing mean
+    assert calibrate(ols, t_sig + 1.0)[0] == 0.0  # the threshold is what decides

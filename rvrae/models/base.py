@@ -12,6 +12,7 @@ a trailing underscore.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -203,7 +204,7 @@ class NeuralFactorModel(FactorModel):
         factor: K weights fitted on 36 validation months chose noise as often as signal
         (test Rank IC 0.031 or 0.078 for the same model, measured; README).
         `calibrate_fit` lets a model take more from the same pass (RVRAE: residual variance)."""
-        self.forecast_weight_ = None
+        self.forecast_weight_ = self.forecast_tstat_ = None
         valid_months = np.asarray(valid_months)
         if len(valid_months) == 0:
             return
@@ -220,6 +221,15 @@ class NeuralFactorModel(FactorModel):
         x = np.where(mask, np.einsum("tnk,tk->tn", beta, d), 0.0)  # β (f_prior − f̄)
         xx = float(np.sum(x * x))
         w = float(np.sum(x * resid)) / xx if xx > 0 else 0.0
+        # The slope's t-statistic with the error clustered by month (a month's stocks share
+        # its factor shock, so they are not independent draws): the score of month t is
+        # Σ_n x (resid − w x). Below `forecast_tstat` the validation months do not support the
+        # prior's deviation and the forecast stays at the prevailing mean (w = 0).
+        g = np.sum(x * (resid - w * x), axis=1)  # [t]
+        se = float(np.sqrt(np.sum(g * g))) / xx if xx > 0 else math.inf
+        self.forecast_tstat_ = float(w / se) if se > 0 else (math.inf if w > 0 else 0.0)
+        if self.forecast_tstat_ < float(getattr(self.config, "forecast_tstat", 0.0)):
+            w = 0.0
         self.forecast_weight_ = np.float32(min(max(w, 0.0), 1.0))
 
     def calibrate_fit(self, out: dict, panel: Panel, train_months: np.ndarray) -> None:

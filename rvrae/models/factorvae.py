@@ -158,6 +158,7 @@ class Config(NeuralConfig):
     forecast: str = "shrunk"  # "prior": r̂ from the attention prior as it is (Duan et al.);
     # "shrunk": its deviation from the prevailing mean of f_post scaled on validation (as RVRAE;
     # rvrae.models.base.NeuralFactorModel.calibrate): the raw prior's forecast R² was negative
+    forecast_tstat: float = 2.0  # "shrunk" only: the share is used only at this validation t
 
     def __post_init__(self):
         check_config("factorvae", self, at_least_1=("n_factors", "hidden", "n_portfolios"),

@@ -96,6 +96,8 @@ class Config(NeuralConfig):
     decoder_act: str = "identity"  # eq. 21 writes sigmoid; identity lets factors change sign
     loss: str = "mse"  # eq. 30's squared error; "nll": Gaussian NLL, learned idiosyncratic var
     beta_head: bool = True  # linear hidden -> K head; False: the paper's β = h_T (eq. 29)
+    beta_input: bool = True  # a Linear + tanh input layer before the beta LSTM (ALSTM's, Qlib)
+    beta_layers: int = 2  # stacked LSTM layers of the beta network (the paper: one)
     decoder_input: str = "lagged"  # eq. 20's input: "lagged" portfolio returns y_{τ-1} (SPEC
     # §3.1), or "generated": the decoder's own previous output f̂_{τ-1} (VRAE free-running)
     decoder_steps: int = 1  # how many of the most recent lagged steps eq. 20 runs over (a
@@ -106,6 +108,8 @@ class Config(NeuralConfig):
     forecast: str = "shrunk"  # "prior": r̂ from the prior as it is (eq. 4); "shrunk": the
     # prevailing mean of f_post plus a share w ∈ [0, 1] of the prior's deviation from it, w
     # fitted on the validation months (one w: per-factor shares chose noise as often as signal)
+    forecast_tstat: float = 2.0  # "shrunk" only: w = 0 unless its validation t-statistic
+    # (clustered by month) reaches this; 0 takes the fitted w as it is
     dropout: float = 0.0  # on the factor network's portfolio inputs
     ridge: float = 1e-4  # ε of the managed-portfolio solve (per live stock); all-zero chars
     constant: bool = True  # a constant instrument in the managed portfolios, as IPCA and CA
@@ -115,7 +119,8 @@ class Config(NeuralConfig):
     def __post_init__(self):
         choices = {"decoder_act": DECODER_ACTS, "decoder_input": DECODER_INPUTS, "loss": LOSSES,
                    "kl_scale": KL_SCALES, "forecast": FORECASTS}
-        sizes = ("n_factors", "hidden", "mc_samples", "forecast_samples", "decoder_steps")
+        sizes = ("n_factors", "hidden", "mc_samples", "forecast_samples", "decoder_steps",
+                 "beta_layers")
         check_config("rvrae", self, at_least_1=sizes, unit=("dropout",), choices=choices)
 
 
@@ -165,7 +170,10 @@ class RVRAENet(nn.Module):
             nn.init.eye_(self.dec_skip.weight)  # start as f̂ ≈ z: the posterior's own factors
         # Beta network (eqs. 22–29).
         hb = H if cfg.beta_head else K
-        self.beta_lstm = nn.LSTM(n_chars, hb, batch_first=True)
+        self.beta_in = (nn.Sequential(nn.Linear(n_chars, hb), nn.Tanh()) if cfg.beta_input
+                        else nn.Identity())
+        self.beta_lstm = nn.LSTM(hb if cfg.beta_input else n_chars, hb,
+                                 num_layers=cfg.beta_layers, batch_first=True)
         self.beta_out = nn.Linear(hb, K) if cfg.beta_head else nn.Identity()
 
     def portfolios(self, batch: Batch) -> torch.Tensor:
@@ -216,7 +224,7 @@ class RVRAENet(nn.Module):
         else:
             b, n = live.nonzero(as_tuple=True)
             seq = x[b, :, n]  # [P, L, C]
-        _, (h_last, _) = self.beta_lstm(seq)
+        _, (h_last, _) = self.beta_lstm(self.beta_in(seq))
         beta = self.beta_out(h_last[-1])  # [P, K]
         if live is None:
             return beta.reshape(B, N, -1)
