@@ -5,6 +5,7 @@ Torch-free, so every layer may import it; each helper exists once, here.
   Spearman's rank IC).
 * `prevailing_mean`: the factor forecast of models without a factor forecaster (GKX; paper
   eq. 33).
+* `prevailing_ar1`: the same with each factor's own AR(1) dynamics, fitted on the rows before.
 """
 
 from __future__ import annotations
@@ -40,4 +41,26 @@ def prevailing_mean(f_all: np.ndarray) -> np.ndarray:
     csum = np.cumsum(f_all, axis=0, dtype=np.float64)
     out = np.zeros_like(csum)
     out[1:] = csum[:-1] / np.arange(1, len(f_all))[:, None]
+    return out.astype(np.float32)
+
+
+def prevailing_ar1(f_all: np.ndarray, min_pairs: int = 12) -> np.ndarray:
+    """[T, K] -> [T, K] float32: row t is a_k + b_k f[t-1, k], (a_k, b_k) the least-squares
+    AR(1) of factor k on the pairs (f[s-1], f[s]) for s < t; `prevailing_mean` where fewer
+    than `min_pairs` pairs exist or f[:t-1, k] does not vary. Cumulative sums, no loop."""
+    f = np.asarray(f_all, dtype=np.float64)
+    out = prevailing_mean(f).astype(np.float64)
+    if len(f) < 3:
+        return out.astype(np.float32)
+    x, y = f[:-1], f[1:]  # pair j = (f[j], f[j + 1])
+    c = {k: np.cumsum(v, axis=0) for k, v in (("x", x), ("y", y), ("xx", x * x), ("xy", x * y))}
+    n = np.arange(1, len(x) + 1, dtype=np.float64)[:, None]  # pairs 0..j
+    sxx = c["xx"] - c["x"] ** 2 / n
+    sxy = c["xy"] - c["x"] * c["y"] / n
+    ok = (n >= min_pairs) & (sxx > 1e-12 * np.maximum(c["xx"], 1e-300))
+    b = np.where(ok, sxy / np.where(ok, sxx, 1.0), 0.0)
+    a = (c["y"] - b * c["x"]) / n
+    # row t (t >= 2) uses pairs 0..t-2, i.e. cumulative row t-2, and forecasts from f[t-1]
+    fc = a[:-1] + b[:-1] * f[1:-1]  # rows 2..T-1
+    out[2:] = np.where(ok[:-1], fc, out[2:])
     return out.astype(np.float32)

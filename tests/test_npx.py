@@ -25,6 +25,24 @@ def test_prevailing_mean_by_hand():
     assert npx.prevailing_mean(f).dtype == np.float32
 
 
+def test_prevailing_ar1_is_each_factors_least_squares_ar1_on_the_rows_before():
+    rng = np.random.default_rng(0)
+    f = np.zeros((60, 3))
+    for t in range(1, 60):
+        f[t] = 0.01 + 0.5 * f[t - 1] + 0.02 * rng.standard_normal(3)
+    f[:, 2] = 0.3  # a constant factor: no slope to fit, so its prevailing mean
+    got, pm = npx.prevailing_ar1(f, min_pairs=5), npx.prevailing_mean(f)
+    assert got.dtype == np.float32
+    for t in range(60):
+        for k in range(3):
+            if t - 1 >= 5 and k < 2:  # pairs (f[s-1], f[s]), s = 1..t-1
+                a, b = np.linalg.lstsq(np.c_[np.ones(t - 1), f[: t - 1, k]], f[1:t, k], rcond=None)[0]
+                assert got[t, k] == pytest.approx(a + b * f[t - 1, k], abs=1e-6), (t, k)
+            else:
+                assert got[t, k] == pytest.approx(pm[t, k], abs=1e-7), (t, k)
+    assert np.abs(got[30:, :2] - pm[30:, :2]).max() > 1e-3  # the dynamics are used
+
+
 def test_one_copy_of_each_helper():
     import rvrae.data.synthetic as synthetic
     import rvrae.models.base as base

@@ -11,6 +11,7 @@ from torch.distributions import Normal, kl_divergence
 from rvrae.data.panel import Panel
 from rvrae.errors import UserError
 from rvrae.models.base import PanelTensors, prevailing_mean
+from rvrae.npx import prevailing_ar1
 from rvrae.models.registry import get_spec
 from rvrae.models.rvrae import RVRAE, Config
 
@@ -190,7 +191,7 @@ def test_shrunk_forecast_gate_keeps_the_prevailing_mean_below_its_t_statistic(mo
     OLS of the returns on β plus noise (it knows part of the month: t large), and the
     prevailing mean plus noise (t small)."""
     panel = planted_panel()
-    model = fitted(panel, epochs=1, forecast_tstat=0.0)
+    model = fitted(panel, epochs=1, forecast="shrunk", forecast_tstat=0.0)
     months = np.arange(6, 36)  # 30 months: a clustered t-statistic needs more than VALID's 6
     valid = panel.view(months)
     tensors = PanelTensors(valid.view(None), "cpu", model.config.seq_len)
@@ -224,3 +225,27 @@ def test_shrunk_forecast_gate_keeps_the_prevailing_mean_below_its_t_statistic(mo
     w_noise, t_noise = calibrate(fbar + noise, 2.0)
     assert t_noise < 2.0 and w_noise == 0.0  # not supported: the prevailing mean
     assert calibrate(ols, t_sig + 1.0)[0] == 0.0  # the threshold is what decides
+
+
+def test_ar1_forecast_is_the_prevailing_mean_plus_a_validation_share_of_each_factors_ar1():
+    """forecast="ar1" (the default): f_prior = f̄ + w (g − f̄), g each factor's AR(1) on the
+    model's own past f_post (rvrae.npx.prevailing_ar1), f̄ its prevailing mean, w ∈ [0, 1] the
+    validation minimiser; "mean" is w = 0, and the fit is the same whatever the forecast."""
+    panel = planted_panel()
+    ar1 = fitted(panel, epochs=3, forecast="ar1", forecast_tstat=0.0)
+    mean = fitted(panel, epochs=3, forecast="mean")
+    assert mean.forecast_weight_ is None and 0.0 <= ar1.forecast_weight_ <= 1.0
+    hist = np.arange(TEST.max() + 1)
+    a, b = ar1.predict(panel.view(hist)), mean.predict(panel.view(hist))
+    np.testing.assert_array_equal(a.f_post, b.f_post)  # the same fit
+    f_all = a.f_post.astype(np.float64)
+    fbar, g = prevailing_mean(f_all), prevailing_ar1(f_all)
+    np.testing.assert_allclose(b.f_prior, fbar, atol=1e-6)
+    w = float(ar1.forecast_weight_)
+    np.testing.assert_allclose(a.f_prior, fbar + w * (g - fbar), atol=1e-6)
+    # a later window alone forecasts the same months the same way (f_all is rebuilt)
+    np.testing.assert_allclose(ar1.predict(panel.view(TEST)).f_prior, a.f_prior[TEST], atol=1e-6)
+    r, m = panel.ret[VALID], panel.mask[VALID]
+    sse = lambda f: float((((r - np.einsum("tnk,tk->tn", a.beta[VALID], f[VALID])) ** 2) * m).sum())  # noqa: E731
+    for v in {0.0, 1.0, max(w - 0.05, 0.0), min(w + 0.05, 1.0)}:
+        assert sse(fbar + w * (g - fbar)) <= sse(fbar + v * (g - fbar)) + 1e-9, (w, v)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rvrae.models.checks import check_config
+from rvrae.models.checks import FORECASTS, check_config
 from rvrae.models.base import NeuralConfig
 from rvrae.models.charbeta import CharBetaFactorModel
 
@@ -60,7 +60,8 @@ class Config(NeuralConfig):
     seq_len: int = 12  # window of monthly characteristics (SPEC §2.2)
 
     def __post_init__(self):
-        check_config("alstm", self, at_least_1=("n_factors", "hidden", "layers"), unit=("dropout",))
+        check_config("alstm", self, at_least_1=("n_factors", "hidden", "layers"), unit=("dropout",),
+                     choices={"forecast": FORECASTS})
 
 
 class ALSTM(CharBetaFactorModel):

@@ -22,7 +22,7 @@ import torch
 
 from rvrae.data.panel import Panel, window_months
 from rvrae.errors import UserError
-from rvrae.npx import prevailing_mean  # the factor forecast of models without a forecaster (eq. 33)
+from rvrae.npx import prevailing_ar1, prevailing_mean  # the factor forecasts (eq. 33)
 
 # progress(epoch, {"train_loss": ..., "valid_loss": ...}); the study harness reports it to Tune.
 Progress = Callable[[int, dict], None]
@@ -88,6 +88,12 @@ class NeuralConfig:
     batch_months: int = 1  # months per optimiser step: one cross-section per step (GKX, CPZ)
     weight_decay: float = 0.0
     seq_len: int = 12  # window length T (SPEC §2.2)
+    # The factor forecast (`NeuralFactorModel.calibrate`): "mean", the prevailing mean of the
+    # model's own factors (GKX, paper eq. 33); "ar1", that plus a validation-chosen share of
+    # each factor's AR(1) forecast, kept only at a month-clustered validation t-statistic of
+    # `forecast_tstat` (models with a prior also take "shrunk" and "prior": rvrae.py)
+    forecast: str = "mean"
+    forecast_tstat: float = 2.0
 
 
 @dataclass
@@ -193,17 +199,18 @@ class NeuralFactorModel(FactorModel):
         return self
 
     def calibrate(self, panel: Panel, tensors: "PanelTensors", train_months, valid_months) -> None:
-        """After the fit, on the fitted net: where the model forecasts factors itself and its
-        config asks for `forecast="shrunk"`, choose how far its forecast may move away from
-        the prevailing mean of its own factors, on the validation months (SPEC §3.1: model
-        selection must see the forecast). f_fc = f̄ + w (f_prior − f̄) with
-        w = argmin Σ_valid (r − β f_fc)², clipped to [0, 1]: w = 0 is the
-        prevailing-mean forecast of IPCA / CA, w = 1 the raw prior. A prior that learned the
-        factors' dynamics keeps them; one that learned noise is shrunk away, so the forecast
-        does not fall below the prevailing mean by overfitting. One weight, not one per
-        factor: K weights fitted on 36 validation months chose noise as often as signal
-        (test Rank IC 0.031 or 0.078 for the same model, measured; README).
-        `calibrate_fit` lets a model take more from the same pass (RVRAE: residual variance)."""
+        """After the fit, on the fitted net: choose how far the factor forecast may move away
+        from the prevailing mean f̄ of the model's own factors, on the validation months
+        (SPEC §3.1: model selection must see the forecast). f_fc = f̄ + w (g − f̄), where g is
+        the model's dynamic forecast — its prior's (`forecast="shrunk"`) or each factor's
+        AR(1) on its own past f_post (`forecast="ar1"`, `rvrae.npx.prevailing_ar1`) — and
+        w = argmin Σ_valid (r − β f_fc)², clipped to [0, 1]: w = 0 is the prevailing-mean
+        forecast of IPCA / CA (`forecast="mean"`), w = 1 the dynamic forecast as it is.
+        w is kept only where its t-statistic, clustered by month, reaches `forecast_tstat`;
+        otherwise w = 0: 36 validation months chose noise as often as signal (README). One
+        weight, not one per factor: K weights on 36 months were a lottery (test Rank IC 0.031
+        or 0.078 for the same model, measured). `calibrate_fit` lets a model take more from
+        the same pass (RVRAE: residual variance)."""
         self.forecast_weight_ = self.forecast_tstat_ = None
         valid_months = np.asarray(valid_months)
         if len(valid_months) == 0:
@@ -211,26 +218,38 @@ class NeuralFactorModel(FactorModel):
         hist = np.arange(int(valid_months.max()) + 1)
         out = self._run(tensors, hist)
         self.calibrate_fit(out, panel, np.asarray(train_months))
-        if "f_prior" not in out or getattr(self.config, "forecast", "prior") != "shrunk":
+        g = self._dynamic_forecast(out, out["f_post"], hist)  # rows = months 0..end of valid
+        if g is None:
             return
         fbar = prevailing_mean(out["f_post"])[valid_months].astype(np.float64)  # [t, K]
-        d = out["f_prior"][valid_months].astype(np.float64) - fbar  # the prior's deviation
+        d = g[valid_months].astype(np.float64) - fbar  # the dynamic forecast's deviation
         beta = out["beta"][valid_months].astype(np.float64)  # [t, N, K]
         mask = panel.mask[valid_months]
         resid = np.where(mask, panel.ret[valid_months] - np.einsum("tnk,tk->tn", beta, fbar), 0.0)
-        x = np.where(mask, np.einsum("tnk,tk->tn", beta, d), 0.0)  # β (f_prior − f̄)
+        x = np.where(mask, np.einsum("tnk,tk->tn", beta, d), 0.0)  # β (g − f̄)
         xx = float(np.sum(x * x))
         w = float(np.sum(x * resid)) / xx if xx > 0 else 0.0
         # The slope's t-statistic with the error clustered by month (a month's stocks share
         # its factor shock, so they are not independent draws): the score of month t is
         # Σ_n x (resid − w x). Below `forecast_tstat` the validation months do not support the
-        # prior's deviation and the forecast stays at the prevailing mean (w = 0).
-        g = np.sum(x * (resid - w * x), axis=1)  # [t]
-        se = float(np.sqrt(np.sum(g * g))) / xx if xx > 0 else math.inf
+        # deviation and the forecast stays at the prevailing mean (w = 0).
+        score = np.sum(x * (resid - w * x), axis=1)  # [t]
+        se = float(np.sqrt(np.sum(score * score))) / xx if xx > 0 else math.inf
         self.forecast_tstat_ = float(w / se) if se > 0 else (math.inf if w > 0 else 0.0)
         if self.forecast_tstat_ < float(getattr(self.config, "forecast_tstat", 0.0)):
             w = 0.0
         self.forecast_weight_ = np.float32(min(max(w, 0.0), 1.0))
+
+    def _dynamic_forecast(self, out: dict, f_all: np.ndarray, months: np.ndarray):
+        """The factor forecast `calibrate` shrinks towards the prevailing mean, [t, K] for the
+        rows of `out` (`months`): the prior's f_prior ("shrunk") or each factor's AR(1) on its
+        own f_post ("ar1"; f_all = f_post of months 0..max(months)); None for "mean"."""
+        mode = getattr(self.config, "forecast", "mean")
+        if mode == "shrunk" and "f_prior" in out:
+            return out["f_prior"]
+        if mode == "ar1":
+            return prevailing_ar1(f_all)[months]
+        return None
 
     def calibrate_fit(self, out: dict, panel: Panel, train_months: np.ndarray) -> None:
         """Hook: `out` is the fitted net's forecast over months 0..end of validation."""
@@ -252,9 +271,8 @@ class NeuralFactorModel(FactorModel):
         months = panel.target_months if months is None else np.asarray(months)
         tensors = PanelTensors(panel, self.device_, self.config.seq_len)
         out = self._run(tensors, months)
-        w = getattr(self, "forecast_weight_", None)
-        if "f_prior" in out and w is None:
-            return Forecast(
+        if getattr(self.config, "forecast", "mean") == "prior" and "f_prior" in out:
+            return Forecast(  # the model's own forecast as it is
                 months=months, r_hat=out["r_hat"], beta=out["beta"], f_post=out["f_post"],
                 f_prior=out["f_prior"], r_std=out.get("r_std"),
             )
@@ -266,10 +284,12 @@ class NeuralFactorModel(FactorModel):
         else:
             f_all = self._run(tensors, hist)["f_post"]
         fc = forecast_from_prevailing_mean(months, out["beta"], out["f_post"], f_all)
-        if "f_prior" in out:
-            fc.f_prior = (fc.f_prior + w * (out["f_prior"] - fc.f_prior)).astype(np.float32)
+        w = float(getattr(self, "forecast_weight_", None) or 0.0)
+        if w > 0:  # a validation-supported share of the dynamic forecast (`calibrate`)
+            g = self._dynamic_forecast(out, f_all, months)
+            fc.f_prior = (fc.f_prior + w * (g - fc.f_prior)).astype(np.float32)
             fc.r_hat = np.einsum("tnk,tk->tn", fc.beta, fc.f_prior).astype(np.float32)
-            fc.r_std = out.get("r_std")
+        fc.r_std = out.get("r_std")
         return fc
 
 

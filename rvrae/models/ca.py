@@ -25,7 +25,7 @@ from torch import nn
 from rvrae.data.panel import Panel
 from rvrae.errors import UserError
 from rvrae.models.base import Batch, NeuralConfig, NeuralFactorModel
-from rvrae.models.checks import check_config
+from rvrae.models.checks import FORECASTS, check_config
 from rvrae.models.layers import managed_portfolios
 
 # GKX's architectures: hidden widths of the beta net for CA0..CA3.
@@ -114,7 +114,7 @@ class Config(NeuralConfig):
     def __post_init__(self):
         if self.depth not in HIDDEN:
             raise UserError(f"ca: depth must be 0, 1, 2 or 3 (CA0–CA3), got {self.depth}")
-        check_config("ca", self, at_least_1=("n_factors",))
+        check_config("ca", self, at_least_1=("n_factors",), choices={"forecast": FORECASTS})
 
 
 def masked_mse(r: torch.Tensor, r_hat: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,9 @@ from typing import Any, Iterable
 
 from rvrae.errors import UserError
 
+FORECASTS = ("mean", "ar1")  # every neural model's factor forecast (NeuralConfig.forecast)
+FORECASTS_WITH_PRIOR = ("ar1", "shrunk", "prior", "mean")  # RVRAE, FactorVAE: their prior too
+
 
 def check_config(model: str, cfg: Any, at_least_1: Iterable[str] = (), unit: Iterable[str] = (),
                  choices: dict[str, Iterable] | None = None) -> None:  # fmt: skip

@@ -44,7 +44,7 @@ from torch import nn
 from rvrae.data.panel import Panel
 from rvrae.errors import UserError
 from rvrae.models.base import Batch, NeuralConfig, NeuralFactorModel
-from rvrae.models.checks import check_config
+from rvrae.models.checks import FORECASTS_WITH_PRIOR, check_config
 from rvrae.models.charbeta import over_stocks
 
 SIGMA_FLOOR = 1e-4  # keeps the Gaussian NLL finite when a σ head collapses
@@ -163,7 +163,7 @@ class Config(NeuralConfig):
     def __post_init__(self):
         check_config("factorvae", self, at_least_1=("n_factors", "hidden", "n_portfolios"),
                      choices={"kl_scale": ("per_stock", "per_month"),
-                              "forecast": ("shrunk", "prior")})  # fmt: skip
+                              "forecast": FORECASTS_WITH_PRIOR})  # fmt: skip
         if self.gamma < 0:
             raise UserError(f"factorvae: gamma must be >= 0, got {self.gamma}")
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from rvrae.errors import UserError
 from rvrae.models.base import NeuralConfig
-from rvrae.models.checks import check_config
+from rvrae.models.checks import FORECASTS, check_config
 from rvrae.models.charbeta import CharBetaFactorModel
 
 
@@ -71,7 +71,7 @@ class Config(NeuralConfig):
 
     def __post_init__(self):
         check_config("transformer", self, at_least_1=("n_factors", "d_model", "heads", "layers", "ff_dim"),
-                     unit=("dropout",))  # fmt: skip
+                     unit=("dropout",), choices={"forecast": FORECASTS})  # fmt: skip
         if self.d_model % self.heads:
             raise UserError(
                 f"transformer: d_model ({self.d_model}) must be divisible by heads ({self.heads})"
