@@ -155,10 +155,12 @@ class Config(NeuralConfig):
     epochs: int = 50  # cap; early stopping ends sooner
     patience: int = 5
     seq_len: int = 12  # window of monthly characteristics (SPEC §2.2; Duan et al. use 20 days)
-    forecast: str = "shrunk"  # "prior": r̂ from the attention prior as it is (Duan et al.);
-    # "shrunk": its deviation from the prevailing mean of f_post scaled on validation (as RVRAE;
-    # rvrae.models.base.NeuralFactorModel.calibrate): the raw prior's forecast R² was negative
-    forecast_tstat: float = 2.0  # "shrunk" only: the share is used only at this validation t
+    forecast: str = "ar1"  # as RVRAE's (rvrae.py, base.NeuralFactorModel.calibrate): the
+    # prevailing mean of f_post plus a gated validation share of each factor's AR(1) forecast.
+    # "shrunk" puts the attention prior in the AR(1)'s place, "prior" is Duan et al.'s forecast
+    # as it is (its forecast R² was negative). Built-in panel seeds 0/1/2, 3 seeds: forecast
+    # R² 0.69/−0.33/0.89 % with "ar1", 0.65/−0.33/−0.28 % with "shrunk"
+    forecast_tstat: float = 2.0  # the share is used only at this month-clustered validation t
 
     def __post_init__(self):
         check_config("factorvae", self, at_least_1=("n_factors", "hidden", "n_portfolios"),
