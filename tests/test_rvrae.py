@@ -61,7 +61,8 @@ def test_kl_term_is_the_mean_over_timesteps_of_per_step_kls():
     batch = PanelTensors(panel, "cpu", model.config.seq_len).batch(TEST[:3])
     with torch.no_grad():
         per_step, term = model.kl_terms(net, batch)
-        q = net.encode(net.portfolios(batch))
+        beta = net.betas(batch.x, batch.m > 0)
+        q = net.encode(net.portfolios(batch), net.beta_portfolios(beta, batch))
     post = Normal(q["mu_q"], (0.5 * q["lv_q"]).exp())
     prior = Normal(q["mu_p"], (0.5 * q["lv_p"]).exp())
     expected = kl_divergence(post, prior).sum(-1)  # [B, L]

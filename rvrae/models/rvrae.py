@@ -134,6 +134,9 @@ class Config(NeuralConfig):
     # month) reaches this; 0 takes the fitted w as it is
     dropout: float = 0.0  # on the factor network's portfolio inputs
     ridge: float = 1e-4  # ε of the managed-portfolio solve (per live stock); all-zero chars
+    beta_portfolios: bool = True  # the target month's posterior mean also reads the K
+    # portfolios of the model's own betas, (βᵀMβ + εI)⁻¹ βᵀ M r_t, linearly (not in the paper:
+    # module docstring)
     constant: bool = True  # a constant instrument in the managed portfolios, as IPCA and CA
     # (SPEC §3.1): ranks average zero, so without it y carries nothing of the market's level
     batch_months: int = 1  # one cross-section per optimiser step (GKX, CPZ)
@@ -180,6 +183,9 @@ class RVRAENet(nn.Module):
         self.enc = nn.RNN(P, H, batch_first=True)
         self.post = nn.Linear(H, 2 * K)  # [μ, log σ²] (eqs. 13–14)
         self.post_skip = nn.Linear(P, K, bias=False) if cfg.skip else None  # U y_τ in μ_τ
+        self.post_beta = nn.Linear(K, K, bias=False) if cfg.beta_portfolios else None
+        if self.post_beta is not None:
+            nn.init.zeros_(self.post_beta.weight)  # starts as the model without it
         self.prior = nn.Sequential(nn.Linear(H, H), nn.Tanh(), nn.Linear(H, 2 * K))  # φ^prior (eq. 4)
         # Decoder (eqs. 18–21).
         self.dec_z = nn.Linear(K, H)  # eq. 19
@@ -203,14 +209,27 @@ class RVRAENet(nn.Module):
         y = managed_portfolios(batch.x, batch.r_hist, batch.m_hist, self.ridge, self.constant)
         return y / self.y_scale
 
-    def encode(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Posterior and prior parameters at every window step, each [B, L, K]."""
+    def beta_portfolios(self, beta: torch.Tensor, batch: Batch) -> torch.Tensor | None:
+        """The target month's portfolios of the model's own betas, [B, K] in units of the
+        return RMS: (βᵀ M β + εI)⁻¹ βᵀ M r_t, β detached (data to the encoder, as y is).
+        None without `beta_portfolios`."""
+        if self.post_beta is None:
+            return None
+        yb = managed_portfolios(beta.detach(), batch.r_hist[:, -1], batch.m_hist[:, -1], self.ridge)
+        return yb / self.r_var.sqrt()
+
+    def encode(self, y: torch.Tensor, y_beta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Posterior and prior parameters at every window step, each [B, L, K]; `y_beta`
+        [B, K] (`beta_portfolios`) enters the target month's posterior mean only."""
         y = self.drop(y)
         h, _ = self.enc(y)  # [B, L, H]: h_τ sees y_≤τ (eq. 12; h_0 = 0, eq. 11)
         h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)  # h_{τ-1}: y_<τ
         mu_q, lv_q = self.post(h).chunk(2, dim=-1)  # eqs. 13–14
         if self.post_skip is not None:
             mu_q = mu_q + self.post_skip(y)  # y_τ read linearly, not only through tanh
+        if y_beta is not None:
+            last = mu_q[:, -1:] + self.post_beta(y_beta).unsqueeze(1)
+            mu_q = torch.cat([mu_q[:, :-1], last], dim=1)
         mu_p, lv_p = self.prior(h_prev).chunk(2, dim=-1)  # eq. 4
         return {"mu_q": mu_q, "lv_q": lv_q, "mu_p": mu_p, "lv_p": lv_p}
 
@@ -272,7 +291,8 @@ class RVRAE(NeuralFactorModel):
         batch (eq. 31: the KL at every timestep, not only the last), per live stock under
         kl_scale="per_stock"."""
         if q is None:
-            q = net.encode(net.portfolios(batch))
+            beta = net.betas(batch.x, batch.m > 0)
+            q = net.encode(net.portfolios(batch), net.beta_portfolios(beta, batch))
         per_step = gaussian_kl(q["mu_q"], q["lv_q"], q["mu_p"], q["lv_p"])  # [B, L]
         per_month = per_step.mean(dim=1)  # [B]
         if self.config.kl_scale == "per_stock":
@@ -291,12 +311,12 @@ class RVRAE(NeuralFactorModel):
     def loss(self, net: RVRAENet, batch: Batch) -> torch.Tensor:
         cfg = self.config
         y = net.portfolios(batch)  # [B, L, P]
-        q = net.encode(y)
+        beta = net.betas(batch.x, batch.m > 0)  # [B, N, K]
+        q = net.encode(y, net.beta_portfolios(beta, batch))
         _, kl = self.kl_terms(net, batch, q)
         mu, lv = q["mu_q"][:, -1], q["lv_q"][:, -1]  # posterior of the target month [B, K]
         eps = torch.randn((cfg.mc_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
         f = net.decode(mu + (0.5 * lv).exp() * eps, y)  # eq. 16 -> [S, B, K]
-        beta = net.betas(batch.x, batch.m > 0)  # [B, N, K]
         r_hat = torch.einsum("bnk,sbk->sbn", beta, f)  # [S, B, N]
         return self._error(net, batch, r_hat).mean() + cfg.kl_weight * kl  # eq. 30
 
@@ -308,8 +328,8 @@ class RVRAE(NeuralFactorModel):
         the criterion does not depend on the searched λ, so trials of a search (ASHA) compare
         on one scale."""
         y = net.portfolios(batch)
-        q = net.encode(y)
         beta = net.betas(batch.x, batch.m > 0)
+        q = net.encode(y, net.beta_portfolios(beta, batch))
         f = net.decode(torch.stack([q["mu_q"][:, -1], q["mu_p"][:, -1]]), y)  # [2, B, K]
         r_fit = torch.einsum("bnk,sbk->sbn", beta, f)  # posterior fit, prior forecast
         return self._error(net, batch, r_fit).sum(0).mean()
@@ -317,8 +337,8 @@ class RVRAE(NeuralFactorModel):
     def forecast(self, net: RVRAENet, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
         y = net.portfolios(batch)
-        q = net.encode(y)
         beta = net.betas(batch.x)  # every stock: the target month's mask is not used
+        q = net.encode(y, net.beta_portfolios(beta, batch))  # y_beta: f_post only
         mu_p, lv_p = q["mu_p"][:, -1], q["lv_p"][:, -1]  # prior from h_{t-1} (eq. 4)
         f_post = net.decode(q["mu_q"][:, -1].unsqueeze(0), y)[0]  # sees ret[t]
         # Prior draws through the decoder, from a generator seeded by the months (the same
