@@ -36,7 +36,8 @@ def test_prevailing_ar1_is_each_factors_least_squares_ar1_on_the_rows_before():
     for t in range(60):
         for k in range(3):
             if t - 1 >= 5 and k < 2:  # pairs (f[s-1], f[s]), s = 1..t-1
-                a, b = np.linalg.lstsq(np.c_[np.ones(t - 1), f[: t - 1, k]], f[1:t, k], rcond=None)[0]
+                x = np.c_[np.ones(t - 1), f[: t - 1, k]]
+                a, b = np.linalg.lstsq(x, f[1:t, k], rcond=None)[0]
                 assert got[t, k] == pytest.approx(a + b * f[t - 1, k], abs=1e-6), (t, k)
             else:
                 assert got[t, k] == pytest.approx(pm[t, k], abs=1e-7), (t, k)

@@ -247,6 +247,7 @@ def test_ar1_forecast_is_the_prevailing_mean_plus_a_validation_share_of_each_fac
     # a later window alone forecasts the same months the same way (f_all is rebuilt)
     np.testing.assert_allclose(ar1.predict(panel.view(TEST)).f_prior, a.f_prior[TEST], atol=1e-6)
     r, m = panel.ret[VALID], panel.mask[VALID]
-    sse = lambda f: float((((r - np.einsum("tnk,tk->tn", a.beta[VALID], f[VALID])) ** 2) * m).sum())  # noqa: E731
+    def sse(f):
+        return float((((r - np.einsum("tnk,tk->tn", a.beta[VALID], f[VALID])) ** 2) * m).sum())
     for v in {0.0, 1.0, max(w - 0.05, 0.0), min(w + 0.05, 1.0)}:
         assert sse(fbar + w * (g - fbar)) <= sse(fbar + v * (g - fbar)) + 1e-9, (w, v)

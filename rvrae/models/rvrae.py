@@ -229,7 +229,7 @@ class RVRAENet(nn.Module):
         yb = managed_portfolios(beta.detach(), batch.r_hist[:, -1], batch.m_hist[:, -1], self.ridge)
         return yb / self.r_var.sqrt()
 
-    def encode(self, y: torch.Tensor, y_beta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def encode(self, y: torch.Tensor, y_beta: torch.Tensor | None = None) -> dict:
         """Posterior and prior parameters at every window step, each [B, L, K]; `y_beta`
         [B, K] (`beta_portfolios`) enters the target month's posterior mean only."""
         y = self.drop(y)
