@@ -61,8 +61,7 @@ def test_kl_term_is_the_mean_over_timesteps_of_per_step_kls():
     batch = PanelTensors(panel, "cpu", model.config.seq_len).batch(TEST[:3])
     with torch.no_grad():
         per_step, term = model.kl_terms(net, batch)
-        beta = net.betas(batch.x, batch.m > 0)
-        q = net.encode(net.portfolios(batch), net.beta_portfolios(beta, batch))
+        q = net.infer(batch)[2]
     post = Normal(q["mu_q"], (0.5 * q["lv_q"]).exp())
     prior = Normal(q["mu_p"], (0.5 * q["lv_p"]).exp())
     expected = kl_divergence(post, prior).sum(-1)  # [B, L]
@@ -251,3 +250,4 @@ def test_ar1_forecast_is_the_prevailing_mean_plus_a_validation_share_of_each_fac
         return float((((r - np.einsum("tnk,tk->tn", a.beta[VALID], f[VALID])) ** 2) * m).sum())
     for v in {0.0, 1.0, max(w - 0.05, 0.0), min(w + 0.05, 1.0)}:
         assert sse(fbar + w * (g - fbar)) <= sse(fbar + v * (g - fbar)) + 1e-9, (w, v)
+

@@ -236,7 +236,7 @@ class NeuralFactorModel(FactorModel):
         score = np.sum(x * (resid - w * x), axis=1)  # [t]
         se = float(np.sqrt(np.sum(score * score))) / xx if xx > 0 else math.inf
         self.forecast_tstat_ = float(w / se) if se > 0 else (math.inf if w > 0 else 0.0)
-        if self.forecast_tstat_ < float(getattr(self.config, "forecast_tstat", 0.0)):
+        if self.forecast_tstat_ < self.config.forecast_tstat:
             w = 0.0
         self.forecast_weight_ = np.float32(min(max(w, 0.0), 1.0))
 
@@ -244,7 +244,7 @@ class NeuralFactorModel(FactorModel):
         """The factor forecast `calibrate` shrinks towards the prevailing mean, [t, K] for the
         rows of `out` (`months`): the prior's f_prior ("shrunk") or each factor's AR(1) on its
         own f_post ("ar1"; f_all = f_post of months 0..max(months)); None for "mean"."""
-        mode = getattr(self.config, "forecast", "mean")
+        mode = self.config.forecast
         if mode == "shrunk" and "f_prior" in out:
             return out["f_prior"]
         if mode == "ar1":
@@ -271,7 +271,7 @@ class NeuralFactorModel(FactorModel):
         months = panel.target_months if months is None else np.asarray(months)
         tensors = PanelTensors(panel, self.device_, self.config.seq_len)
         out = self._run(tensors, months)
-        if getattr(self.config, "forecast", "mean") == "prior" and "f_prior" in out:
+        if self.config.forecast == "prior" and "f_prior" in out:
             return Forecast(  # the model's own forecast as it is
                 months=months, r_hat=out["r_hat"], beta=out["beta"], f_post=out["f_post"],
                 f_prior=out["f_prior"], r_std=out.get("r_std"),

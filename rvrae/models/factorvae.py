@@ -160,7 +160,6 @@ class Config(NeuralConfig):
     # "shrunk" puts the attention prior in the AR(1)'s place, "prior" is Duan et al.'s forecast
     # as it is (its forecast R² was negative). Built-in panel seeds 0/1/2, 3 seeds: forecast
     # R² 0.69/−0.33/0.89 % with "ar1", 0.65/−0.33/−0.28 % with "shrunk"
-    forecast_tstat: float = 2.0  # the share is used only at this month-clustered validation t
 
     def __post_init__(self):
         check_config("factorvae", self, at_least_1=("n_factors", "hidden", "n_portfolios"),

@@ -141,8 +141,6 @@ class Config(NeuralConfig):
     # transition equation of a classical dynamic factor model); "mean": the prevailing mean.
     # w fitted on the validation months (module docstring; one w: per-factor shares chose
     # noise as often as signal)
-    forecast_tstat: float = 2.0  # w = 0 unless its validation t-statistic (clustered by
-    # month) reaches this; 0 takes the fitted w as it is
     dropout: float = 0.0  # on the factor network's portfolio inputs
     ridge: float = 1e-4  # ε of the managed-portfolio solve (per live stock); all-zero chars
     beta_portfolios: bool = True  # the target month's posterior mean also reads the K
@@ -229,6 +227,15 @@ class RVRAENet(nn.Module):
         yb = managed_portfolios(beta.detach(), batch.r_hist[:, -1], batch.m_hist[:, -1], self.ridge)
         return yb / self.r_var.sqrt()
 
+    def infer(self, batch: Batch, every_stock: bool = False) -> tuple[torch.Tensor, torch.Tensor,
+                                                                      dict]:
+        """The pass every use of the net starts with: the window's managed portfolios y
+        [B, L, P], the betas [B, N, K] (of the target month's live stocks; `every_stock` for
+        a forecast) and the posterior and prior parameters (`encode`, with `beta_portfolios`)."""
+        y = self.portfolios(batch)
+        beta = self.betas(batch.x, None if every_stock else batch.m > 0)
+        return y, beta, self.encode(y, self.beta_portfolios(beta, batch))
+
     def encode(self, y: torch.Tensor, y_beta: torch.Tensor | None = None) -> dict:
         """Posterior and prior parameters at every window step, each [B, L, K]; `y_beta`
         [B, K] (`beta_portfolios`) enters the target month's posterior mean only."""
@@ -302,8 +309,7 @@ class RVRAE(NeuralFactorModel):
         batch (eq. 31: the KL at every timestep, not only the last), per live stock under
         kl_scale="per_stock"."""
         if q is None:
-            beta = net.betas(batch.x, batch.m > 0)
-            q = net.encode(net.portfolios(batch), net.beta_portfolios(beta, batch))
+            q = net.infer(batch)[2]
         per_step = gaussian_kl(q["mu_q"], q["lv_q"], q["mu_p"], q["lv_p"])  # [B, L]
         per_month = per_step.mean(dim=1)  # [B]
         if self.config.kl_scale == "per_stock":
@@ -321,9 +327,7 @@ class RVRAE(NeuralFactorModel):
 
     def loss(self, net: RVRAENet, batch: Batch) -> torch.Tensor:
         cfg = self.config
-        y = net.portfolios(batch)  # [B, L, P]
-        beta = net.betas(batch.x, batch.m > 0)  # [B, N, K]
-        q = net.encode(y, net.beta_portfolios(beta, batch))
+        y, beta, q = net.infer(batch)  # [B, L, P], [B, N, K], posterior and prior
         _, kl = self.kl_terms(net, batch, q)
         mu, lv = q["mu_q"][:, -1], q["lv_q"][:, -1]  # posterior of the target month [B, K]
         eps = torch.randn((cfg.mc_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
@@ -338,18 +342,15 @@ class RVRAE(NeuralFactorModel):
         epoch by it can be one whose prior has overfit the training months; and without λ·KL
         the criterion does not depend on the searched λ, so trials of a search (ASHA) compare
         on one scale."""
-        y = net.portfolios(batch)
-        beta = net.betas(batch.x, batch.m > 0)
-        q = net.encode(y, net.beta_portfolios(beta, batch))
+        y, beta, q = net.infer(batch)
         f = net.decode(torch.stack([q["mu_q"][:, -1], q["mu_p"][:, -1]]), y)  # [2, B, K]
         r_fit = torch.einsum("bnk,sbk->sbn", beta, f)  # posterior fit, prior forecast
         return self._error(net, batch, r_fit).sum(0).mean()
 
     def forecast(self, net: RVRAENet, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
-        y = net.portfolios(batch)
-        beta = net.betas(batch.x)  # every stock: the target month's mask is not used
-        q = net.encode(y, net.beta_portfolios(beta, batch))  # y_beta: f_post only
+        # every stock's β: the target month's mask is not used (y_beta reaches f_post only)
+        y, beta, q = net.infer(batch, every_stock=True)
         mu_p, lv_p = q["mu_p"][:, -1], q["lv_p"][:, -1]  # prior from h_{t-1} (eq. 4)
         f_post = net.decode(q["mu_q"][:, -1].unsqueeze(0), y)[0]  # sees ret[t]
         # Prior draws through the decoder, from a generator seeded by the months (the same
