@@ -251,3 +251,26 @@ def test_ar1_forecast_is_the_prevailing_mean_plus_a_validation_share_of_each_fac
     for v in {0.0, 1.0, max(w - 0.05, 0.0), min(w + 0.05, 1.0)}:
         assert sse(fbar + w * (g - fbar)) <= sse(fbar + v * (g - fbar)) + 1e-9, (w, v)
 
+
+def test_beta_portfolios_are_each_months_ridge_factors_on_beta_and_reach_the_last_step():
+    """beta_portfolios: y_beta = (βᵀMβ + ε n I)⁻¹ βᵀ M r_t (in units of the return RMS; n the
+    live stocks, ε the config's ridge), the month's least-squares factors on the model's own β,
+    read by the target month's posterior mean only; without the option the posterior is the
+    encoder's alone."""
+    panel = planted_panel()
+    model = fitted(panel, epochs=1)
+    net = model.net_
+    batch = PanelTensors(panel, "cpu", model.config.seq_len).batch(TEST[:3])
+    with torch.no_grad():
+        y, beta, q = net.infer(batch)
+        yb = net.beta_portfolios(beta, batch)
+        plain = net.encode(y)
+    for i in range(3):
+        live = batch.m[i] > 0
+        b, r = beta[i][live].double().numpy(), batch.r[i][live].double().numpy()
+        ridge = model.config.ridge * len(r) * np.eye(b.shape[1])
+        f = np.linalg.solve(b.T @ b + ridge, b.T @ r)
+        np.testing.assert_allclose(yb[i].numpy() * float(net.r_var.sqrt()), f, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(q["mu_q"][:, :-1], plain["mu_q"][:, :-1])  # earlier steps: as before
+    torch.testing.assert_close(q["mu_q"][:, -1], plain["mu_q"][:, -1] + net.post_beta(yb))
+    assert RVRAE({**SMALL, "beta_portfolios": False}).build(panel).beta_portfolios(beta, batch) is None
