@@ -2,6 +2,7 @@
 case × repeat under --out (study=speed), then the table of medians with their targets.
 
     python studies/speed.py [--quick] [--cases abcdef] [--repeats N] [--out results] [--no-write]
+                             [--device cuda] [--epochs N]
 
 See rvrae/study/speed.py for the cases. `rvrae table results --study speed` re-renders the rows.
 """
@@ -22,10 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default=CASES, help=f"which cases, letters of {CASES!r} (default all)")
     p.add_argument("--repeats", type=int, default=None, help="repeats per case (default 3; quick 1)")
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (rows under study=speed)")
+    p.add_argument("--device", default="cpu", help="where cases b and e fit: cpu or cuda (default cpu)")
+    p.add_argument("--epochs", type=int, default=None, help="case b: epochs per model (default 1; "
+                   "with more, seconds is the steady state, epochs 2..n)")
     p.add_argument("--no-write", action="store_true", help="print only, write no rows")
     a = p.parse_args(argv)
     try:
-        run_speed(a.cases, quick=a.quick, out=None if a.no_write else a.out, repeats=a.repeats)
+        run_speed(a.cases, quick=a.quick, out=None if a.no_write else a.out, repeats=a.repeats,
+                  device=a.device, epochs=a.epochs)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -97,3 +97,14 @@ def test_peak_rss_of_a_subprocess_is_its_own_not_the_parents():
     child = bench_subprocess("ipca", dict(n_stocks=30, n_months=28, n_chars=4), 1, 1)["peak_rss_mb"]
     assert peak_rss_mb() > 800 and child < peak_rss_mb() - 600, (child, peak_rss_mb())
     del ballast
+
+
+def test_several_epochs_report_the_steady_state_and_the_first_apart():
+    """With n > 1 epochs, seconds_per_epoch is epochs 2..n (the first pays one-time costs on a
+    GPU) and the first is reported on its own; together they fit inside the whole fit."""
+    from rvrae.bench import epoch_benchmark
+
+    r = epoch_benchmark("ca", n_stocks=30, n_months=28, n_chars=4, epochs=3)
+    assert r["epochs"] == 3 and r["first_epoch_seconds"] > 0 and r["seconds_per_epoch"] > 0
+    assert r["first_epoch_seconds"] + 2 * r["seconds_per_epoch"] <= r["fit_seconds"] + 1e-9
+    assert math.isnan(r["gpu_peak_mb"]) and r["device"] == "cpu"

@@ -116,6 +116,7 @@ class Sizes:
     asha: Asha = field(default_factory=Asha)  # g
     store_grid: Grid = field(default_factory=lambda: Grid("built-in panel", {}, epochs=4, models=("rvrae", "ipca", "ca")))  # h
     threads: int = 1  # torch threads of every measured fit (a trial's CPUs in the harness)
+    device: str = "cpu"  # b and e: where the measured fits run ("cuda" on a GPU box)
 
     @classmethod
     def full(cls) -> "Sizes":
@@ -200,11 +201,12 @@ def case_a(s: Sizes) -> list[dict]:
 # ---------------------------------------------------------------- b: every model, paper scale
 
 
-def bench_subprocess(model: str, sizes: dict, epochs: int, threads: int, timeout: float = 3600) -> dict:
+def bench_subprocess(model: str, sizes: dict, epochs: int, threads: int, timeout: float = 3600,
+                     device: str = "cpu") -> dict:
     """`python -m rvrae.bench` in a fresh process (its own peak RSS); the JSON it prints."""
     cmd = [sys.executable, "-m", "rvrae.bench", "--model", model, "--stocks", str(sizes["n_stocks"]),
            "--months", str(sizes["n_months"]), "--chars", str(sizes["n_chars"]),
-           "--epochs", str(epochs), "--threads", str(threads)]  # fmt: skip
+           "--epochs", str(epochs), "--threads", str(threads), "--device", device]  # fmt: skip
     return json_subprocess(cmd, threads, f"rvrae.bench --model {model}", timeout)
 
 
@@ -219,11 +221,12 @@ def json_subprocess(cmd: list[str], threads: int, what: str, timeout: float = 36
 
 def case_b(s: Sizes) -> list[dict]:
     z, models = s.bench, s.bench_models
-    case = f"b epoch {b_size(z)}"
+    case = f"b epoch {b_size(z)}" + ("" if s.device == "cpu" else f" {s.device}")
     # One pass, whatever --repeats says: at paper scale one epoch of a sequence model is minutes.
-    secs = {m: bench_subprocess(m, z, s.bench_epochs, s.threads) for m in models}
+    secs = {m: bench_subprocess(m, z, s.bench_epochs, s.threads, device=s.device) for m in models}
     ref = secs["rvrae"]["seconds_per_epoch"] if "rvrae" in secs else math.nan
     return [_row(case, m, 0, seconds=r["seconds_per_epoch"], peak_rss_mb=r["peak_rss_mb"],
+                 first_epoch_seconds=r["first_epoch_seconds"], gpu_peak_mb=r["gpu_peak_mb"],
                  ratio=r["seconds_per_epoch"] / ref) for m, r in secs.items()]  # fmt: skip
 
 
@@ -362,7 +365,7 @@ def case_e(s: Sizes) -> list[dict]:
                 times = []
                 for N in s.scale_stocks:
                     r = epoch_benchmark(m, n_stocks=N, n_months=s.scale_months, epochs=1,
-                                        config=configs.get(m), seed=rep)  # fmt: skip
+                                        config=configs.get(m), seed=rep, device=s.device)  # fmt: skip
                     times.append(r["fit_seconds"])
                 base = times[0]
                 for N, t in zip(s.scale_stocks, times):
@@ -512,7 +515,7 @@ def _ok(flag: bool) -> str:
     return "met" if flag else "missed"
 
 
-VALUE_COLUMNS = ("ratio", "ratio_warm", "seconds", "ref_seconds", "peak_rss_mb", "delta_r2", "slope", "best",
+VALUE_COLUMNS = ("ratio", "ratio_warm", "seconds", "ref_seconds", "first_epoch_seconds", "peak_rss_mb", "gpu_peak_mb", "delta_r2", "slope", "best",
                  "ref_best", "seed_std", "stopped", "bytes_per_trial_5682", "store_seconds", "store_seconds_5682",
                  "load1")  # fmt: skip
 
@@ -560,14 +563,22 @@ def machine() -> str:
     with contextlib.suppress(OSError, ValueError):
         kb = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
         mem = int(kb.split()[1]) / 2**20
-    return f"{os.cpu_count()} CPUs ({cpu}), {mem:.1f} GiB RAM, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    gpu = ""
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    return (f"{os.cpu_count()} CPUs ({cpu}), {mem:.1f} GiB RAM{gpu}, "
+            f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
 
 
 RUNNERS = {"a": case_a, "b": case_b, "e": case_e, "f": case_f, "g": case_g, "h": case_h}
 
 
 def run_speed(cases: str = CASES, quick: bool = False, out: Path | str | None = Path("results"),
-              repeats: int | None = None, sizes: Sizes | None = None, console=None) -> list[dict]:
+              repeats: int | None = None, sizes: Sizes | None = None, console=None,
+              device: str = "cpu", epochs: int | None = None) -> list[dict]:
     """Run the chosen cases, write one Parquet row per case × repeat under `out` (None: none),
     print the medians with their targets; returns the rows."""
     from rich.console import Console
@@ -582,6 +593,11 @@ def run_speed(cases: str = CASES, quick: bool = False, out: Path | str | None = 
         if repeats < 1:
             raise UserError(f"--repeats must be >= 1, got {repeats}")
         s.repeats = repeats
+    s.device = device
+    if epochs is not None:
+        if epochs < 1:
+            raise UserError(f"--epochs must be >= 1, got {epochs}")
+        s.bench_epochs = epochs
     console = console or Console(width=max(160, Console().width))
     console.print(f"machine: {machine()}", highlight=False)
     rows: list[dict] = []
