@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default=CASES, help=f"which cases, letters of {CASES!r} (default all)")
     p.add_argument("--repeats", type=int, default=None, help="repeats per case (default 3; quick 1)")
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (rows under study=speed)")
-    p.add_argument("--device", default="cpu", help="where cases b and e fit: cpu or cuda (default cpu)")
+    p.add_argument("--device", default=None, help="where cases b and e fit: cpu or cuda (default cpu)")
     p.add_argument("--epochs", type=int, default=None, help="case b: epochs per model (default 1; "
                    "with more, seconds is the steady state, epochs 2..n)")
     p.add_argument("--no-write", action="store_true", help="print only, write no rows")

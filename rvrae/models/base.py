@@ -284,7 +284,7 @@ class NeuralFactorModel(FactorModel):
         else:
             f_all = self._run(tensors, hist)["f_post"]
         fc = forecast_from_prevailing_mean(months, out["beta"], out["f_post"], f_all)
-        w = float(getattr(self, "forecast_weight_", None) or 0.0)
+        w = float(self.forecast_weight_ or 0.0)  # None: no dynamic forecast (`calibrate`)
         if w > 0:  # a validation-supported share of the dynamic forecast (`calibrate`)
             g = self._dynamic_forecast(out, f_all, months)
             fc.f_prior = (fc.f_prior + w * (g - fc.f_prior)).astype(np.float32)

@@ -77,7 +77,8 @@ tables):
   LSTM on the raw characteristics. Built-in panel seeds 0/1/2, 3 seeds each: β-regression
   R² 13.07/11.50/15.49 % → 14.92/12.93/16.82 % (CA 14.35/12.27/17.02 %), total R² 78/79/75 %
   → 88/87/80 % of the oracle's. The single raw LSTM overfit after ~10 epochs; hidden 64 or
-  weight decay did not fix that, the input layer alone gave about half of the gain.
+  weight decay did not fix that one, the input layer alone gave about half of the gain (for
+  the two-layer net weight decay does help: `weight_decay`, next).
 * `weight_decay=3e-4` (Adam's L2 penalty; the paper gives no regulariser beyond the KL, and
   the other neural models keep 0): the two-layer beta net still stopped improving on
   validation after 13-19 epochs. Built-in panel seeds 0/1/2, 3 seeds each (CPU), for weight

@@ -578,7 +578,7 @@ RUNNERS = {"a": case_a, "b": case_b, "e": case_e, "f": case_f, "g": case_g, "h":
 
 def run_speed(cases: str = CASES, quick: bool = False, out: Path | str | None = Path("results"),
               repeats: int | None = None, sizes: Sizes | None = None, console=None,
-              device: str = "cpu", epochs: int | None = None) -> list[dict]:
+              device: str | None = None, epochs: int | None = None) -> list[dict]:
     """Run the chosen cases, write one Parquet row per case × repeat under `out` (None: none),
     print the medians with their targets; returns the rows."""
     from rich.console import Console
@@ -593,7 +593,8 @@ def run_speed(cases: str = CASES, quick: bool = False, out: Path | str | None = 
         if repeats < 1:
             raise UserError(f"--repeats must be >= 1, got {repeats}")
         s.repeats = repeats
-    s.device = device
+    if device is not None:
+        s.device = device
     if epochs is not None:
         if epochs < 1:
             raise UserError(f"--epochs must be >= 1, got {epochs}")
