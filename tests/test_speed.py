@@ -4,6 +4,7 @@ output, not the tests')."""
 import math
 
 import pytest
+import torch
 
 from rvrae.cli import main
 from rvrae.errors import UserError
@@ -73,6 +74,11 @@ def test_bad_cases_are_user_errors(tmp_path):
         run_speed("xz", out=tmp_path)
     with pytest.raises(UserError, match="--repeats"):
         run_speed("a", out=tmp_path, repeats=0)
+    with pytest.raises(UserError, match="--device: expected cpu or cuda"):
+        run_speed("b", out=tmp_path, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            run_speed("b", out=tmp_path, device="cuda")
     assert not any(tmp_path.iterdir())
 
 

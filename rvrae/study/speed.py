@@ -594,6 +594,13 @@ def run_speed(cases: str = CASES, quick: bool = False, out: Path | str | None = 
             raise UserError(f"--repeats must be >= 1, got {repeats}")
         s.repeats = repeats
     if device is not None:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+            raise UserError(f"--device: expected cpu or cuda[:N], got {device!r}")
+        if device != "cpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError(f"--device {device}: torch sees no CUDA device on this machine")
         s.device = device
     if epochs is not None:
         if epochs < 1:
