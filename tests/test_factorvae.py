@@ -59,6 +59,31 @@ def test_portfolio_softmax_normalises_over_stocks_and_skips_masked_ones():
         assert torch.allclose(net.posterior(e, junk, m)[0], mu0)
 
 
+def test_beta_portfolios_add_the_least_squares_factors_on_the_models_own_beta():
+    """The option: μ_post = eq. 5 + the month's ridge least-squares factors of r − μ_α on β
+    (live stocks only); the default posterior has no such term."""
+    assert built()[1].post_beta is None
+    _, net, batch = built(beta_portfolios=True)
+    m = batch.m.clone()
+    m[:, :3] = 0.0
+    r = batch.r * m
+    with torch.no_grad():
+        e = net.extract(batch.x)
+        mu_a, _, beta = net.decoder(e)
+        net.post_mu.weight.zero_()
+        net.post_mu.bias.zero_()  # leaves only the least-squares term
+        mu, _ = net.posterior(e, r, m)
+        junk = r.clone()
+        junk[:, :3] = 9.0  # stocks without a return this month never enter
+        assert torch.allclose(net.posterior(e, junk, m)[0], mu)
+    for b in range(3):
+        live = m[b].numpy() > 0
+        X = beta[b].numpy()[live].astype(np.float64)
+        y = (r[b] - mu_a[b]).numpy()[live].astype(np.float64)
+        want = np.linalg.solve(X.T @ X + 1e-4 * live.sum() * np.eye(X.shape[1]), X.T @ y)
+        np.testing.assert_allclose(mu[b].numpy(), want, rtol=1e-3, atol=1e-6)
+
+
 def test_prediction_mean_comes_from_the_mu_heads_not_the_sigma_heads():
     model, net, batch = built()
     net.eval()
