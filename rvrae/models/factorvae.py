@@ -137,7 +137,7 @@ class FactorVAENet(nn.Module):
         mu = self.post_mu(y_p)
         if self.post_beta is not None:
             mu_a, _, beta = dec if dec is not None else self.decoder(e)
-            yb = managed_portfolios(beta.detach(), (r - mu_a.detach()) * m, m)
+            yb = managed_portfolios(beta.detach(), r - mu_a.detach(), m)  # m masks r there
             mu = mu + self.post_beta(yb)
         return mu, positive(self.post_sigma(y_p))  # eq. 5 [B, K] each
 
@@ -223,9 +223,9 @@ class FactorVAE(NeuralFactorModel):
 
     def forecast(self, net: FactorVAENet, batch: Batch) -> dict[str, torch.Tensor]:
         e = net.extract(batch.x)
-        mu_post, _ = net.posterior(e, batch.r, batch.m)
+        mu_a, sigma_a, beta = dec = net.decoder(e)
+        mu_post, _ = net.posterior(e, batch.r, batch.m, dec)
         mu_prior, sigma_prior = net.prior(e, known_before(batch))
-        mu_a, sigma_a, beta = net.decoder(e)
         r_hat, r_std = net.returns(mu_a, sigma_a, beta, mu_prior, sigma_prior)
         one = mu_prior.new_ones(mu_prior.shape[0], 1)
         return {
