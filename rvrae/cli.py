@@ -36,13 +36,14 @@ def data_synth(
     """Write the planted synthetic panel (a known conditional factor model) as a long panel, and
     print its oracle scores."""
     from rvrae.data.synthetic import SynthConfig, make_synthetic, write_synthetic
-    from rvrae.results.render import print_oracle
+    from rvrae.results.render import print_factors, print_oracle
 
     overrides = {k: v for k, v in dict(n_stocks=stocks, n_months=months, n_chars=chars).items() if v is not None}
     synth = make_synthetic(SynthConfig(seed=seed, **overrides))
     write_synthetic(synth, out)
     console.print(f"wrote {out}")
     print_oracle(synth, console)
+    print_factors(synth, console)
 
 
 def data_check(

@@ -291,6 +291,11 @@ def test_print_oracle_and_panel_info():
     print_oracle(synth, console)
     text = console.export_text()
     assert "18.100" in text and "1.230" in text and "0.071" in text and "Coverage" not in text
+    synth.oracle.references = {"true β, AR(1)": {"r2_total": 0.181, "r2_pred": 0.0123,
+                                                  "rank_ic": 0.064, "coverage90": math.nan}}  # fmt: skip
+    print_oracle(synth, console)
+    text = console.export_text()
+    assert "true β, AR(1)" in text and "0.064" in text and "Coverage" not in text
     from rvrae.data.panel import Panel
 
     mask = np.ones((3, 12), bool)

@@ -38,6 +38,58 @@ def test_oracle_reports_both_predictive_r2s_under_the_models_names(default):
     assert "r2_pred_prevailing" not in o.scores  # one name per definition
 
 
+def test_references_score_the_true_betas_with_a_factor_forecast_from_the_past(default):
+    """The oracle's references (printed next to it): the true betas with the prevailing mean
+    of the true factors — whose forecast R² is then the oracle's r2_pred by definition — and
+    with each true factor's AR(1) fitted on its own past; rescoring moves them with the
+    oracle to other test months (the demo's split)."""
+    from rvrae.data.synthetic import REFERENCES
+    from rvrae.metrics import ic_series, r2
+    from rvrae.npx import prevailing_ar1
+
+    o, p, m = default.oracle, default.panel, default.oracle.test_months
+    assert tuple(o.references) == tuple(REFERENCES)
+    pm, ar = o.references["true β, prevailing mean"], o.references["true β, AR(1)"]
+    assert pm["r2_forecast"] == pytest.approx(o.scores["r2_pred"])
+    rh = np.einsum("tnk,tk->tn", o.beta[m], prevailing_ar1(o.factors)[m])
+    assert ar["r2_forecast"] == pytest.approx(r2(p.ret[m], rh, p.mask[m]))
+    assert ar["rank_ic"] == pytest.approx(np.nanmean(ic_series(rh, p.ret[m], p.mask[m], rank=True)))
+    assert pm["r2_total"] == ar["r2_total"] == o.scores["r2_total"]  # f_post = the true f
+    assert np.isnan(ar["coverage90"])  # no risk forecast
+    other = make_synthetic(SynthConfig())
+    other.oracle.rescore(other.panel, np.arange(180, 216))
+    assert other.oracle.references["true β, AR(1)"]["rank_ic"] != ar["rank_ic"]
+    assert other.oracle.scores["rank_ic"] != o.scores["rank_ic"]
+
+
+def test_factor_visibility_follows_the_spike_and_the_linear_share_of_the_betas():
+    """A factor's spike is N σ² mean(β²) / σ_ε²: doubling its volatility (the same draws)
+    quadruples it and nothing else; a small-variance factor whose betas have no linear part
+    (an interaction) is hidden, one with mostly linear betas (saturating) is visible through
+    the managed portfolios, and at four times the volatility the interaction is visible too.
+    The "visible β" reference zeroes exactly the hidden factors' betas."""
+    from rvrae.data.synthetic import factor_visibility
+    from rvrae.metrics import ic_series
+    from rvrae.npx import prevailing_ar1
+
+    base = dict(n_stocks=200, n_months=120, n_chars=8, n_factors=3, n_signal=4, seed=3,
+                premia=(0.005, 0.005, 0.005), phis=(0.0, 0.0, 0.0), shapes=("bump", "saturating", "interaction"))
+    small = make_synthetic(SynthConfig(vols=(0.03, 0.006, 0.004), **base))
+    big = make_synthetic(SynthConfig(vols=(0.03, 0.006, 0.016), **base))
+    vs, vb = small.oracle.visibility, big.oracle.visibility
+    assert vb[2]["spike"] == pytest.approx(16 * vs[2]["spike"], rel=1e-4)
+    assert vb[0]["spike"] == pytest.approx(vs[0]["spike"], rel=1e-6)
+    assert vs[1]["linear"] > 0.8 and abs(vs[2]["linear"]) < 0.1 and vs[0]["linear"] > 0.5
+    assert [v["visible"] for v in vs] == [True, True, False]
+    assert [v["visible"] for v in vb] == [True, True, True]
+    assert factor_visibility(small.panel, small.oracle) == vs  # default months: before the test
+    o, p, m = small.oracle, small.panel, small.oracle.test_months
+    rh = np.einsum("tnk,tk->tn", o.beta[m], prevailing_ar1(o.factors)[m] * [1.0, 1.0, 0.0])
+    assert o.references["visible β, AR(1)"]["rank_ic"] == pytest.approx(
+        np.nanmean(ic_series(rh, p.ret[m], p.mask[m], rank=True)))
+    assert o.references["visible β, AR(1)"]["rank_ic"] != o.references["true β, AR(1)"]["rank_ic"]
+
+
 def test_a_model_linear_in_ranks_stays_clearly_below_the_oracle(default):
     """IPCA (betas linear in the ranked characteristics) on the default 15/3/3 split."""
     from rvrae.data.panel import split_by_years

@@ -108,6 +108,15 @@ class Oracle:
     r_std: np.ndarray  # [T, N] its conditional std (factor shocks + idiosyncratic)
     test_months: np.ndarray  # [t] the months `scores` are computed on
     scores: dict = field(default_factory=dict)  # rvrae.metrics.score of the oracle there
+    references: dict = field(default_factory=dict)  # name -> score of a true-β forecast there
+    visibility: list = field(default_factory=list)  # per factor, `factor_visibility`
+
+    def rescore(self, panel: Panel, test_months: np.ndarray) -> None:
+        """Score the oracle and its references on other test months (e.g. the demo's split)."""
+        self.test_months = np.asarray(test_months)
+        self.scores = oracle_scores(panel, self)
+        self.visibility = factor_visibility(panel, self)
+        self.references = reference_scores(panel, self)
 
 
 @dataclass
@@ -216,7 +225,7 @@ def make_synthetic(cfg: SynthConfig | None = None) -> Synthetic:
         source=f"synthetic(seed={cfg.seed}, n_stocks={S}, n_months={T}, n_chars={C})",
         meta={"oracle": oracle, "missing_share": missing_share(chars_raw, mask), "synth_config": dataclasses.asdict(cfg)},
     )
-    oracle.scores = oracle_scores(panel, oracle)
+    oracle.rescore(panel, test_months)
 
     # the long frame a user would have (row order: month, then stock)
     ti, ni = np.nonzero(mask)
@@ -272,6 +281,80 @@ def _oracle_test_months(T: int) -> np.ndarray:
 
 def oracle_scores(panel: Panel, oracle: Oracle) -> dict:
     """rvrae.metrics.score of the true model on its test months (SPEC §4)."""
+    return _score_true_beta(panel, oracle, oracle.f_prior, r_hat=oracle.r_hat, r_std=oracle.r_std)
+
+
+# The oracle's references (`reference_scores`): the true betas with a factor forecast that a
+# model could estimate, to read a model's gap to the oracle against. The oracle itself also
+# knows the law of f (λ and φ); these know only the true factors' past.
+REFERENCES = {
+    "true β, prevailing mean": "the true betas times the prevailing mean of the true factors "
+    "(eq. 33): a model with perfect betas and no factor forecaster",
+    "true β, AR(1)": "the true betas times each true factor's AR(1) fitted on its own past "
+    "(rvrae.npx.prevailing_ar1): perfect betas and the `forecast=\"ar1\"` forecaster, ungated",
+    "visible β, AR(1)": "the same with the betas of the factors that second moments cannot "
+    "reveal (`factor_visibility`) set to 0: what perfect betas on every visible factor score",
+}
+
+
+def reference_scores(panel: Panel, oracle: Oracle) -> dict[str, dict]:
+    """rvrae.metrics.score of the true betas with an estimated factor forecast (`REFERENCES`)
+    on the oracle's test months: how much of the oracle's Rank IC and forecast R² perfect
+    betas keep when the premia and dynamics must be learned from the factors' history."""
+    from rvrae.npx import prevailing_ar1
+
+    ar1 = prevailing_ar1(oracle.factors)
+    out = {"true β, prevailing mean": _score_true_beta(panel, oracle, prevailing_mean(oracle.factors)),
+           "true β, AR(1)": _score_true_beta(panel, oracle, ar1)}
+    visible = np.asarray([v["visible"] for v in oracle.visibility] or [True] * ar1.shape[1])
+    out["visible β, AR(1)"] = _score_true_beta(panel, oracle, ar1 * visible)  # β_k f_k = 0 where hidden
+    assert tuple(out) == tuple(REFERENCES)
+    return out
+
+
+def factor_visibility(panel: Panel, oracle: Oracle, months: np.ndarray | None = None) -> list[dict]:
+    """Per true factor, whether the second moments of `months` (default: every month before
+    the oracle's test months) can reveal it, by the spiked-covariance (BBP) threshold: a factor
+    whose loadings carry a variance ℓ, in units of the idiosyncratic variance, below √(N/T)
+    leaves no trace in the sample eigenvectors of N series over T months (asymptotically).
+
+    * spike = N σ_k² mean(β_k²) / σ_ε²: factor k's eigenvalue in the returns' covariance (N
+      live stocks a month, σ_k the std of f_k, σ_ε² the mean idiosyncratic variance).
+    * linear = the share of mean(β_k²) a least-squares fit on the ranks and a constant explains:
+      the part of the loadings the characteristic-managed portfolios (IPCA's, CA's, RVRAE's y)
+      carry. There the threshold is √(P/T), P = C + 1 portfolios, for the spike × linear.
+    * visible = spike ≥ √(N/T) or spike × linear ≥ √(P/T).
+
+    A hidden factor can still be learned from its mean return (a priced one), but not from the
+    reconstruction of returns that every model here is trained on: its betas are what no factor
+    model here can be asked to find (README, "Where Rank IC is lost"). A heuristic, for reading
+    the tables; the threshold is the Gaussian limit, the panel's noise is Student-t."""
+    if months is None:
+        months = np.arange(int(oracle.test_months.min()))
+    months = np.asarray(months)
+    mask = panel.mask[months]
+    beta = oracle.beta[months][mask].astype(np.float64)  # [n, K] over the live stock-months
+    x = np.concatenate([np.ones((len(beta), 1)), panel.chars[months][mask]], axis=1)
+    coef, *_ = np.linalg.lstsq(x, beta, rcond=None)
+    ms = np.mean(beta**2, axis=0)
+    linear = 1.0 - np.mean((beta - x @ coef) ** 2, axis=0) / np.where(ms > 0, ms, 1.0)
+    fit = np.einsum("tnk,tk->tn", oracle.beta[months], oracle.factors[months])[mask]
+    idio = float(np.mean((panel.ret[months][mask] - fit).astype(np.float64) ** 2))
+    n_live, n_months, n_pf = float(mask.sum(axis=1).mean()), len(months), x.shape[1]
+    spike = n_live * np.var(oracle.factors[months].astype(np.float64), axis=0) * ms / max(idio, 1e-300)
+    raw_cut, pf_cut = np.sqrt(n_live / n_months), np.sqrt(n_pf / n_months)
+    return [
+        {"factor": k + 1, "premium": float(oracle.premia[k]), "phi": float(oracle.phi[k]),
+         "spike": float(spike[k]), "linear": float(linear[k]), "threshold": float(raw_cut),
+         "threshold_portfolios": float(pf_cut),
+         "visible": bool(spike[k] >= raw_cut or spike[k] * linear[k] >= pf_cut)}
+        for k in range(len(spike))
+    ]
+
+
+def _score_true_beta(panel: Panel, oracle: Oracle, f_fc: np.ndarray, r_hat=None, r_std=None) -> dict:
+    """Score the forecast β_t · f_fc[t] (true betas, f_fc [T, K]; `r_hat` [T, N] if already
+    computed) on the oracle's test months, with f_post = the true factors."""
     from rvrae.metrics import score
 
     m = oracle.test_months
@@ -279,15 +362,16 @@ def oracle_scores(panel: Panel, oracle: Oracle) -> dict:
     # seconds of start-up for `rvrae data synth`)
     fc = SimpleNamespace(
         months=m,
-        r_hat=oracle.r_hat[m],
+        r_hat=np.einsum("tnk,tk->tn", oracle.beta[m], f_fc[m]) if r_hat is None else r_hat[m],
         beta=oracle.beta[m],
         f_post=oracle.factors[m],
-        f_prior=oracle.f_prior[m],
-        r_std=oracle.r_std[m],
+        f_prior=f_fc[m],
+        r_std=None if r_std is None else r_std[m],
     )
     # The two predictive R²s under the models' names (SPEC §2.4): r2_pred with the prevailing
     # mean of the true factors (eq. 33, as every model's r2_pred), r2_forecast with the
-    # oracle's conditional forecast β_t E[f_t | past] (as every model's own r_hat).
+    # forecast β_t f_fc (for the oracle its conditional forecast β_t E[f_t | past], as every
+    # model's own r_hat).
     lam = prevailing_mean(oracle.factors)[m]
     return {k: float(v) for k, v in score(panel.ret[m], panel.mask[m], fc, lam).items()}
 

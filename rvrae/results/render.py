@@ -264,17 +264,50 @@ def render_tables(tables: list[Table], fmt: str, console: Console | None = None)
 
 # ---- other printouts of the CLI ----------------------------------------------------------
 def print_oracle(synth, console: Console) -> None:
-    """The synthetic panel's oracle scores (the planted model scored on its own data)."""
-    scores = dict(getattr(getattr(synth, "oracle", None), "scores", None) or {})
-    rt = RichTable(title="Oracle (true model) scores", caption="R² in percent")
+    """The synthetic panel's oracle scores (the planted model scored on its own data), next to
+    its references when it has them: the true betas with a factor forecast estimated from the
+    true factors' past (`rvrae.data.synthetic.REFERENCES`), what perfect betas would score."""
+    oracle = getattr(synth, "oracle", None)
+    columns = {"oracle": dict(getattr(oracle, "scores", None) or {})}
+    columns.update(getattr(oracle, "references", None) or {})
+    caption = "R² in percent"
+    if len(columns) > 1:
+        caption += ("; oracle: true β and the true law of f (λ, φ); the others: true β (visible β: "
+                    "0 for the factors second moments cannot reveal) with the factor forecast "
+                    "estimated from the true factors' past")
+    rt = RichTable(title="Oracle (true model) scores", caption=caption)
     rt.add_column("metric")
-    rt.add_column("value", justify="right")
-    for k, v in scores.items():
-        if v is None or not math.isfinite(float(v)):
+    for name in columns:
+        rt.add_column(name if len(columns) > 1 else "value", justify="right")
+    for k in columns["oracle"]:
+        vals = [c.get(k) for c in columns.values()]
+        if not any(v is not None and math.isfinite(float(v)) for v in vals):
             continue  # e.g. coverage: the oracle has no forecast distribution
         pct = base_metric(k).startswith("r2")
         label = METRIC_LABELS.get(k, (k,))[0] + (" (%)" if pct else "")
-        rt.add_row(label, f"{float(v) * (100 if pct else 1):.3f}")
+        rt.add_row(label, *(
+            f"{float(v) * (100 if pct else 1):.3f}" if v is not None and math.isfinite(float(v)) else "–"
+            for v in vals
+        ))
+    console.print(rt)
+
+
+def print_factors(synth, console: Console) -> None:
+    """The synthetic panel's true factors and whether second moments can reveal each one
+    (`rvrae.data.synthetic.factor_visibility`): a hidden factor's betas are beyond what a
+    model trained on return reconstruction can learn, so the oracle's lead there is not a gap
+    a model can close."""
+    rows = list(getattr(getattr(synth, "oracle", None), "visibility", None) or [])
+    if not rows:
+        return
+    caption = (f"spike: N σ² mean(β²) / σ_ε²; visible: spike ≥ √(N/T) = {rows[0]['threshold']:.2f} "
+               f"or spike × linear ≥ √(P/T) = {rows[0]['threshold_portfolios']:.2f}")
+    rt = RichTable(title="True factors (months before the test years)", caption=caption)
+    for col in ("factor", "premium", "φ", "spike", "linear share of β", "visible"):
+        rt.add_column(col, justify="left" if col == "factor" else "right")
+    for v in rows:
+        rt.add_row(str(v["factor"]), f"{v['premium']:.4f}", f"{v['phi']:.2f}", f"{v['spike']:.2f}",
+                   f"{v['linear']:.2f}", "yes" if v["visible"] else "no")
     console.print(rt)
 
 

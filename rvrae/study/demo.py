@@ -41,7 +41,7 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 8, 
     import ray
     from rich.console import Console
 
-    from rvrae.data.synthetic import SynthConfig, make_synthetic, oracle_scores
+    from rvrae.data.synthetic import SynthConfig, make_synthetic
     from rvrae.models.registry import model_names
     from rvrae.results.render import print_oracle, render_tables
     from rvrae.results.forecasts import seed_ensembles
@@ -58,8 +58,7 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 8, 
     synth = make_synthetic(SynthConfig(**DEMO_SYNTH))
     panel = synth.panel
     # The truth to read the tables against: the oracle scored on the demo split's test years.
-    synth.oracle.test_months = np.arange(panel.T - 12 * DEMO_SPLIT[2], panel.T)
-    synth.oracle.scores = oracle_scores(panel, synth.oracle)
+    synth.oracle.rescore(panel, np.arange(panel.T - 12 * DEMO_SPLIT[2], panel.T))
     t0 = time.time()
     started = connect("local", verbose)
     written = {}
