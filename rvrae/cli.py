@@ -34,7 +34,7 @@ def data_synth(
     seed: int = typer.Option(0, help="seed of the planted model"),
 ):
     """Write the planted synthetic panel (a known conditional factor model) as a long panel, and
-    print its oracle scores."""
+    print its oracle scores (with the true betas' references) and its true factors."""
     from rvrae.data.synthetic import SynthConfig, make_synthetic, write_synthetic
     from rvrae.results.render import print_factors, print_oracle
 

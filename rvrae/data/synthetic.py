@@ -16,7 +16,10 @@
 * Some characteristic values are missing at random.
 
 The oracle knows β_t, f_t and the law of f: its forecast is r̂_t = β_t · E[f_t | past]
-= β_t · (λ + φ ⊙ (f_{t-1} − λ)), its posterior f_post = the true f_t. Defaults are
+= β_t · (λ + φ ⊙ (f_{t-1} − λ)), its posterior f_post = the true f_t. Beside it, `reference_scores`
+scores the true betas with factor forecasts a model could estimate (the prevailing mean, each
+factor's AR(1), and the same on the factors `factor_visibility` finds visible to second
+moments): the part of the oracle's lead that perfect betas would not close. Defaults are
 calibrated to the paper's regime on the test years of the 15/3/3 split (seed 0: see
 `Synthetic.oracle.scores`, and tests/test_synthetic.py for the ranges).
 
@@ -43,7 +46,7 @@ from scipy.special import ndtr
 from rvrae.data.panel import Panel, split_by_years
 from rvrae.data.prep import missing_share, rank_to_unit
 from rvrae.errors import UserError
-from rvrae.npx import prevailing_mean
+from rvrae.npx import prevailing_ar1, prevailing_mean
 
 
 @dataclass
@@ -301,8 +304,6 @@ def reference_scores(panel: Panel, oracle: Oracle) -> dict[str, dict]:
     """rvrae.metrics.score of the true betas with an estimated factor forecast (`REFERENCES`)
     on the oracle's test months: how much of the oracle's Rank IC and forecast R² perfect
     betas keep when the premia and dynamics must be learned from the factors' history."""
-    from rvrae.npx import prevailing_ar1
-
     ar1 = prevailing_ar1(oracle.factors)
     out = {"true β, prevailing mean": _score_true_beta(panel, oracle, prevailing_mean(oracle.factors)),
            "true β, AR(1)": _score_true_beta(panel, oracle, ar1)}
