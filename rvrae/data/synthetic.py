@@ -307,7 +307,7 @@ def reference_scores(panel: Panel, oracle: Oracle) -> dict[str, dict]:
     ar1 = prevailing_ar1(oracle.factors)
     out = {"true β, prevailing mean": _score_true_beta(panel, oracle, prevailing_mean(oracle.factors)),
            "true β, AR(1)": _score_true_beta(panel, oracle, ar1)}
-    visible = np.asarray([v["visible"] for v in oracle.visibility] or [True] * ar1.shape[1])
+    visible = np.asarray([v["visible"] for v in oracle.visibility or factor_visibility(panel, oracle)])
     out["visible β, AR(1)"] = _score_true_beta(panel, oracle, ar1 * visible)  # β_k f_k = 0 where hidden
     assert tuple(out) == tuple(REFERENCES)
     return out

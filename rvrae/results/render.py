@@ -280,15 +280,14 @@ def print_oracle(synth, console: Console) -> None:
     for name in columns:
         rt.add_column(name if len(columns) > 1 else "value", justify="right")
     for k in columns["oracle"]:
-        vals = [c.get(k) for c in columns.values()]
-        if not any(v is not None and math.isfinite(float(v)) for v in vals):
-            continue  # e.g. coverage: the oracle has no forecast distribution
         pct = base_metric(k).startswith("r2")
+        cells = [c.get(k) for c in columns.values()]
+        cells = [None if v is None or not math.isfinite(float(v)) else f"{float(v) * (100 if pct else 1):.3f}"
+                 for v in cells]
+        if all(c is None for c in cells):
+            continue  # e.g. coverage: the oracle has no forecast distribution
         label = METRIC_LABELS.get(k, (k,))[0] + (" (%)" if pct else "")
-        rt.add_row(label, *(
-            f"{float(v) * (100 if pct else 1):.3f}" if v is not None and math.isfinite(float(v)) else "–"
-            for v in vals
-        ))
+        rt.add_row(label, *(c or "–" for c in cells))
     console.print(rt)
 
 
