@@ -357,5 +357,9 @@ def test_resume_removes_a_killed_writers_temp_files(tmp_path):
     other = tmp_path / "study=benchmark" / "model=ipca" / ".c.parquet.tmp"
     other.parent.mkdir(parents=True)
     other.write_bytes(b"x")
-    assert remove_stale_temps(tmp_path, "robustness") == 1
-    assert not stale.exists() and p.exists() and other.exists()  # only that study's temp files
+    forecast = tmp_path / "forecasts" / "study=robustness" / "model=ipca" / ".a.parquet.tmp"
+    forecast.parent.mkdir(parents=True)
+    forecast.write_bytes(b"half a forecast")  # a trial killed while its forecasts were written
+    assert remove_stale_temps(tmp_path, "robustness") == 2
+    assert not stale.exists() and not forecast.exists()
+    assert p.exists() and other.exists()  # only that study's temp files

@@ -229,9 +229,14 @@ def cell_id(row: dict | pd.Series) -> str:
 
 
 def remove_stale_temps(out_dir: str | Path, study: str) -> int:
-    """Remove the hidden temporary files a killed writer left under `study` (every reader
-    skips them; a resumed study writes those trials' rows anew). Returns how many."""
-    stale = list(Path(out_dir).glob(f"study={study}/model=*/.*.parquet.tmp"))
+    """Remove the hidden temporary files a killed writer left under `study`, rows and stored
+    forecasts alike (every reader skips them; a resumed study writes those trials anew).
+    Returns how many."""
+    from rvrae.results.forecasts import FORECAST_DIR
+
+    root = Path(out_dir)
+    pattern = f"study={study}/model=*/.*.parquet.tmp"
+    stale = [*root.glob(pattern), *(root / FORECAST_DIR).glob(pattern)]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
