@@ -89,6 +89,8 @@ def test_killed_driver_resumes_every_cell_once(ray_session, tiny_data_file, tmp_
     assert set(before.index) <= set(after.index)
     pd.testing.assert_frame_equal(before, after.loc[before.index, before.columns])
     assert not list(out.rglob(".*.tmp"))
+    forecasts = {f.stem for f in (out / "forecasts").rglob("*.parquet")}
+    assert forecasts == set(df["trial_id"])  # one forecast per row: none left without its row
 
 
 # ---------------------------------------------------------------- 2. a node lost mid-study

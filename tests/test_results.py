@@ -6,6 +6,7 @@ The set (4 seeds; hand-computed means and stds in the golden strings below):
   ca     r2_total .20 .18 .21 .19 -> 19.50(1.29) %, differences .01 -.03 .02 -.02: p ~ 0.7, not significant
 """
 
+import io
 import json
 import math
 import re
@@ -13,6 +14,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
@@ -348,8 +351,9 @@ def test_plot_contents(results_dir):
     plt.close("all")
 
 
-def test_resume_removes_a_killed_writers_temp_files(tmp_path):
-    from rvrae.results.store import remove_stale_temps
+def test_resume_removes_a_killed_writers_leftovers(tmp_path):
+    from rvrae.results.forecasts import write_forecast
+    from rvrae.results.store import remove_leftovers
 
     p = write_row(tmp_path, dict(study="robustness", model="ipca", trial_id="a", config={}))
     stale = p.parent / ".b.parquet.tmp"
@@ -357,9 +361,13 @@ def test_resume_removes_a_killed_writers_temp_files(tmp_path):
     other = tmp_path / "study=benchmark" / "model=ipca" / ".c.parquet.tmp"
     other.parent.mkdir(parents=True)
     other.write_bytes(b"x")
-    forecast = tmp_path / "forecasts" / "study=robustness" / "model=ipca" / ".a.parquet.tmp"
-    forecast.parent.mkdir(parents=True)
-    forecast.write_bytes(b"half a forecast")  # a trial killed while its forecasts were written
-    assert remove_stale_temps(tmp_path, "robustness") == 2
-    assert not stale.exists() and not forecast.exists()
-    assert p.exists() and other.exists()  # only that study's temp files
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"split": ["test"], "date": [0], "id": [0], "r_hat": [0.0]}), buf)
+    data = buf.getvalue()
+    kept = write_forecast(tmp_path, "robustness", "ipca", "a", data, "c0")  # its row exists
+    alone = write_forecast(tmp_path, "robustness", "ipca", "d", data, "c1")  # killed before its row
+    half = kept.parent / ".e.parquet.tmp"  # killed while its forecasts were written
+    half.write_bytes(b"half a forecast")
+    assert remove_leftovers(tmp_path, "robustness") == 3
+    assert not stale.exists() and not half.exists() and not alone.exists()
+    assert p.exists() and kept.exists() and other.exists()  # rows, their forecasts, other studies

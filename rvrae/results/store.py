@@ -7,7 +7,8 @@ Layout, hive-partitioned so that pyarrow / pandas / DuckDB read the folder as on
 `study` and `model` live in the path only (not in the file), as hive partitioning expects;
 `read_results` restores them as columns. Files are written to a hidden temporary name in
 the same folder, fsynced and renamed (`os.replace`), so a reader never sees half a file and a
-killed study leaves at most a hidden `.tmp` that every reader skips.
+killed study leaves at most a hidden `.tmp` that every reader skips (and a resumed study
+removes, with any forecast whose row was never written: `remove_leftovers`).
 
 A row holds: provenance (`PROVENANCE_COLUMNS`), the config as a canonical JSON string
 (`config`) and flattened as `hp_<name>` columns, and the metrics: the test metrics of SPEC §4
@@ -228,15 +229,19 @@ def cell_id(row: dict | pd.Series) -> str:
     return hashlib.sha256(canonical_json(list(cell_key(row))).encode()).hexdigest()[:16]
 
 
-def remove_stale_temps(out_dir: str | Path, study: str) -> int:
-    """Remove the hidden temporary files a killed writer left under `study`, rows and stored
-    forecasts alike (every reader skips them; a resumed study writes those trials anew).
-    Returns how many."""
+def remove_leftovers(out_dir: str | Path, study: str) -> int:
+    """What a killed driver left under `study`, removed before a resumed study runs: hidden
+    temporary files (half-written rows and forecasts; every reader skips them) and forecasts
+    without a row (the driver stores a trial's forecast as its final result arrives and the
+    row when the trial completes; a kill between the two leaves the forecast alone, and the
+    resumed study redoes that cell under a new trial id). Returns how many files."""
     from rvrae.results.forecasts import FORECAST_DIR
 
     root = Path(out_dir)
     pattern = f"study={study}/model=*/.*.parquet.tmp"
     stale = [*root.glob(pattern), *(root / FORECAST_DIR).glob(pattern)]
+    rows = {p.relative_to(root) for p in result_files(root, study)}
+    stale += [p for p in result_files(root / FORECAST_DIR, study) if p.relative_to(root / FORECAST_DIR) not in rows]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)

@@ -394,14 +394,14 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
         if started:
             ray.shutdown()
         raise
-    from rvrae.results.store import existing_cells, provenance, remove_stale_temps
+    from rvrae.results.store import existing_cells, provenance, remove_leftovers
 
     out = Path(opts.out).resolve()
     existing = existing_cells(out, opts.study)
     if existing and not opts.resume and opts.study != "tune":
         raise UserError(f"{out} already holds {opts.study} results: pass --resume to continue, or another --out")
     if opts.resume:
-        remove_stale_temps(out, opts.study)  # a killed run's half-written rows: redone below
+        remove_leftovers(out, opts.study)  # a killed run's half-written files: redone below
     out.mkdir(parents=True, exist_ok=True)
     (out / "_logs").mkdir(exist_ok=True)
     if not opts.verbose:
