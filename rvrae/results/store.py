@@ -241,7 +241,8 @@ def remove_leftovers(out_dir: str | Path, study: str) -> int:
     pattern = f"study={study}/model=*/.*.parquet.tmp"
     stale = [*root.glob(pattern), *(root / FORECAST_DIR).glob(pattern)]
     rows = {p.relative_to(root) for p in result_files(root, study)}
-    stale += [p for p in result_files(root / FORECAST_DIR, study) if p.relative_to(root / FORECAST_DIR) not in rows]
+    fc_root = root / FORECAST_DIR
+    stale += [p for p in result_files(fc_root, study) if p.relative_to(fc_root) not in rows]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
