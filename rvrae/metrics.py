@@ -24,7 +24,7 @@ import math
 import numpy as np
 from scipy.stats import norm
 
-from rvrae.npx import tie_average_ranks
+from rvrae.npx import ls_factors, tie_average_ranks
 
 TEST_METRICS = (
     "r2_total", "r2_pred", "r2_forecast", "r2_beta", "ic", "icir", "rank_ic", "rank_icir",
@@ -57,17 +57,10 @@ def r2_beta(ret, beta, mask) -> float:
     cross-sectional least-squares fit of that month's returns on the model's own β̂_t
     (f_t = argmin Σ_i (r_it − β̂_it f)², what IPCA's realised factors are). A model whose
     R²_total sits well below it loses in its factor network what its betas know; one that
-    reaches it but stays low has weak betas. Batched over months (normal equations)."""
+    reaches it but stays low has weak betas (`rvrae.npx.ls_factors`)."""
     mask = np.asarray(mask, dtype=bool)
     b = np.where(mask[..., None], _f64(beta), 0.0)  # [t, n, K]
-    r = np.where(mask, _f64(ret), 0.0)
-    gram = np.einsum("tnk,tnj->tkj", b, b)
-    rhs = np.einsum("tnk,tn->tk", b, r)
-    # a tiny ridge, relative to the month's scale (and never 0), keeps a month with a
-    # collinear or all-zero β solvable (f = 0 there)
-    ridge = 1e-10 * np.trace(gram, axis1=1, axis2=2) / b.shape[-1] + 1e-300  # [t]
-    f = np.linalg.solve(gram + ridge[:, None, None] * np.eye(b.shape[-1]), rhs[..., None])[..., 0]
-    return r2(ret, np.einsum("tnk,tk->tn", b, f), mask)
+    return r2(ret, np.einsum("tnk,tk->tn", b, ls_factors(b, ret, mask)), mask)
 
 
 def r2_pred(ret, beta, lam, mask) -> float:

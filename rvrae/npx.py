@@ -6,6 +6,8 @@ Torch-free, so every layer may import it; each helper exists once, here.
 * `prevailing_mean`: the factor forecast of models without a factor forecaster (GKX; paper
   eq. 33).
 * `prevailing_ar1`: the same with each factor's own AR(1) dynamics, fitted on the rows before.
+* `ls_factors`: each month's cross-sectional least-squares factors on given betas (IPCA's
+  realised factors; the ceiling regression of `rvrae.metrics.r2_beta`).
 """
 
 from __future__ import annotations
@@ -64,3 +66,17 @@ def prevailing_ar1(f_all: np.ndarray, min_pairs: int = 12) -> np.ndarray:
     fc = a[:-1] + b[:-1] * f[1:-1]  # rows 2..T-1
     out[2:] = np.where(ok[:-1], fc, out[2:])
     return out.astype(np.float32)
+
+
+def ls_factors(beta: np.ndarray, ret: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[T, N, K], [T, N], [T, N] -> [T, K] float64: f_t = argmin Σ_i (r_it − β_it f)² over the
+    month's live stocks. Batched over months (normal equations); a tiny ridge relative to the
+    month's scale (and never 0) keeps a month with a collinear or all-zero β solvable (f = 0
+    there)."""
+    mask = np.asarray(mask, dtype=bool)
+    b = np.where(mask[..., None], np.asarray(beta, dtype=np.float64), 0.0)
+    r = np.where(mask, np.asarray(ret, dtype=np.float64), 0.0)
+    gram = np.einsum("tnk,tnj->tkj", b, b)
+    rhs = np.einsum("tnk,tn->tk", b, r)
+    ridge = 1e-10 * np.trace(gram, axis1=1, axis2=2) / b.shape[-1] + 1e-300  # [t]
+    return np.linalg.solve(gram + ridge[:, None, None] * np.eye(b.shape[-1]), rhs[..., None])[..., 0]

@@ -57,3 +57,16 @@ def test_one_copy_of_each_helper():
     r_hat = np.array([[1.0, 2.0, 2.0, 4.0] * 3])
     ret = np.array([[1.0, 3.0, 3.0, 9.0] * 3])
     assert ic_series(r_hat, ret, np.ones_like(ret, bool), rank=True, min_stocks=1)[0] == pytest.approx(1.0)
+
+
+def test_ls_factors_are_each_months_least_squares_on_its_live_stocks():
+    rng = np.random.default_rng(1)
+    beta = rng.standard_normal((4, 30, 3))
+    ret = rng.standard_normal((4, 30))
+    mask = rng.random((4, 30)) < 0.8
+    mask[3] = False  # an empty month: f = 0, not an error
+    got = npx.ls_factors(beta.astype(np.float32), ret, mask)
+    for t in range(3):
+        want = np.linalg.lstsq(beta[t][mask[t]], ret[t][mask[t]], rcond=None)[0]
+        np.testing.assert_allclose(got[t], want, rtol=1e-5, atol=1e-5)  # float32 betas
+    np.testing.assert_array_equal(got[3], 0.0)

@@ -11,7 +11,7 @@ from torch.distributions import Normal, kl_divergence
 from rvrae.data.panel import Panel
 from rvrae.errors import UserError
 from rvrae.models.base import PanelTensors, prevailing_mean
-from rvrae.npx import prevailing_ar1
+from rvrae.npx import ls_factors, prevailing_ar1
 from rvrae.models.registry import get_spec
 from rvrae.models.rvrae import RVRAE, Config
 
@@ -250,6 +250,40 @@ def test_ar1_forecast_is_the_prevailing_mean_plus_a_validation_share_of_each_fac
         return float((((r - np.einsum("tnk,tk->tn", a.beta[VALID], f[VALID])) ** 2) * m).sum())
     for v in {0.0, 1.0, max(w - 0.05, 0.0), min(w + 0.05, 1.0)}:
         assert sse(fbar + w * (g - fbar)) <= sse(fbar + v * (g - fbar)) + 1e-9, (w, v)
+
+
+def test_ls_premia_start_the_forecast_from_the_least_squares_factors_on_beta():
+    """premia="ls": f_prior = f̄_ls + w (g − f̄), f̄_ls the prevailing mean of each month's
+    least-squares factors on the model's own β (rvrae.npx.ls_factors), g − f̄ the AR(1)
+    deviation of f_post as before, w fitted on validation around f̄_ls; the fit is the same."""
+    panel = planted_panel()
+    ls = fitted(panel, epochs=3, forecast="ar1", forecast_tstat=0.0, premia="ls")
+    post = fitted(panel, epochs=3, forecast="ar1", forecast_tstat=0.0)
+    hist = np.arange(TEST.max() + 1)
+    a, b = ls.predict(panel.view(hist)), post.predict(panel.view(hist))
+    np.testing.assert_array_equal(a.f_post, b.f_post)  # the same fit
+    f_all = a.f_post.astype(np.float64)
+    fbar, g = prevailing_mean(f_all), prevailing_ar1(f_all)
+    lbar = prevailing_mean(ls_factors(a.beta, panel.ret[hist], panel.mask[hist]))
+    assert np.abs(lbar - fbar)[TEST].max() > 1e-3  # the two premia differ on this fit
+    w = float(ls.forecast_weight_)
+    np.testing.assert_allclose(a.f_prior, lbar + w * (g - fbar), atol=1e-6)
+    np.testing.assert_allclose(a.r_hat, np.einsum("tnk,tk->tn", a.beta, a.f_prior), atol=1e-6)
+    # a later window alone forecasts the same months the same way (β and f rebuilt)
+    np.testing.assert_allclose(ls.predict(panel.view(TEST)).f_prior, a.f_prior[TEST], atol=1e-6)
+    r, m = panel.ret[VALID], panel.mask[VALID]
+    def sse(f):
+        return float((((r - np.einsum("tnk,tk->tn", a.beta[VALID], f[VALID])) ** 2) * m).sum())
+    for v in {0.0, 1.0, max(w - 0.05, 0.0), min(w + 0.05, 1.0)}:
+        assert sse(lbar + w * (g - fbar)) <= sse(lbar + v * (g - fbar)) + 1e-9, (w, v)
+    # the validation slope and its month-clustered t-statistic are taken around f̄_ls
+    x = np.where(m, np.einsum("tnk,tk->tn", a.beta[VALID], (g - fbar)[VALID]), 0.0)
+    resid = np.where(m, r - np.einsum("tnk,tk->tn", a.beta[VALID], lbar[VALID]), 0.0)
+    slope = float((x * resid).sum() / (x * x).sum())
+    score = (x * (resid - slope * x)).sum(axis=1)
+    np.testing.assert_allclose(ls.forecast_tstat_, slope / (np.sqrt((score**2).sum()) / (x * x).sum()), rtol=1e-4)
+    with pytest.raises(UserError, match="premia"):
+        Config(premia="fm")
 
 
 def test_beta_portfolios_are_each_months_ridge_factors_on_beta_and_reach_the_last_step():

@@ -22,7 +22,7 @@ import torch
 
 from rvrae.data.panel import Panel, window_months
 from rvrae.errors import UserError
-from rvrae.npx import prevailing_ar1, prevailing_mean  # the factor forecasts (eq. 33)
+from rvrae.npx import ls_factors, prevailing_ar1, prevailing_mean  # the factor forecasts (eq. 33)
 
 # progress(epoch, {"train_loss": ..., "valid_loss": ...}); the study harness reports it to Tune.
 Progress = Callable[[int, dict], None]
@@ -94,6 +94,12 @@ class NeuralConfig:
     # `forecast_tstat` (models with a prior also take "shrunk" and "prior": rvrae.py)
     forecast: str = "mean"
     forecast_tstat: float = 2.0
+    # The premia the forecast starts from (`NeuralFactorModel.calibrate`): "factors", the
+    # prevailing mean of the model's own factors f_post (eq. 33); "ls", the prevailing mean of
+    # each month's least-squares factors on the model's own β (Fama–MacBeth premia,
+    # `rvrae.npx.ls_factors`), the dynamic part unchanged. Not the default: README, "Where
+    # Rank IC is lost", gives the measured reason for it and against it
+    premia: str = "factors"
 
 
 @dataclass
@@ -221,8 +227,9 @@ class NeuralFactorModel(FactorModel):
         g = self._dynamic_forecast(out, out["f_post"], hist)  # rows = months 0..end of valid
         if g is None:
             return
-        fbar = prevailing_mean(out["f_post"])[valid_months].astype(np.float64)  # [t, K]
-        d = g[valid_months].astype(np.float64) - fbar  # the dynamic forecast's deviation
+        post_mean = prevailing_mean(out["f_post"])[valid_months].astype(np.float64)  # [t, K]
+        d = g[valid_months].astype(np.float64) - post_mean  # the dynamic forecast's deviation
+        fbar = self._premia(out["beta"], out["f_post"], panel, hist)[valid_months].astype(np.float64)
         beta = out["beta"][valid_months].astype(np.float64)  # [t, N, K]
         mask = panel.mask[valid_months]
         resid = np.where(mask, panel.ret[valid_months] - np.einsum("tnk,tk->tn", beta, fbar), 0.0)
@@ -250,6 +257,14 @@ class NeuralFactorModel(FactorModel):
         if mode == "ar1":
             return prevailing_ar1(f_all)[months]
         return None
+
+    def _premia(self, beta: np.ndarray, f_post: np.ndarray, panel: Panel, hist: np.ndarray) -> np.ndarray:
+        """[t, K] for months `hist` = 0..t-1: the premia the forecast starts from, each row
+        from the months before it (`premia`: the prevailing mean of f_post, or of the month's
+        least-squares factors on β over `panel`'s live stocks)."""
+        if self.config.premia == "ls":
+            return prevailing_mean(ls_factors(beta, panel.ret[hist], panel.mask[hist]))
+        return prevailing_mean(f_post)
 
     def calibrate_fit(self, out: dict, panel: Panel, train_months: np.ndarray) -> None:
         """Hook: `out` is the fitted net's forecast over months 0..end of validation."""
@@ -279,16 +294,18 @@ class NeuralFactorModel(FactorModel):
         # The prevailing mean of f_post over every earlier month: the forecast of a model
         # without a factor forecaster, the anchor of a shrunk one (`calibrate`).
         hist = np.arange(int(months.max()) + 1)
-        if np.array_equal(months, hist):  # the study's predict over all months: reuse
-            f_all = out["f_post"]
-        else:
-            f_all = self._run(tensors, hist)["f_post"]
+        every = out if np.array_equal(months, hist) else self._run(tensors, hist)  # the study's
+        # predict runs over all months: reuse it
+        f_all = every["f_post"]
         fc = forecast_from_prevailing_mean(months, out["beta"], out["f_post"], f_all)
+        post_mean = fc.f_prior
+        if self.config.premia != "factors":
+            fc.f_prior = self._premia(every["beta"], f_all, panel, hist)[months].astype(np.float32)
         w = float(self.forecast_weight_ or 0.0)  # None: no dynamic forecast (`calibrate`)
         if w > 0:  # a validation-supported share of the dynamic forecast (`calibrate`)
             g = self._dynamic_forecast(out, f_all, months)
-            fc.f_prior = (fc.f_prior + w * (g - fc.f_prior)).astype(np.float32)
-            fc.r_hat = np.einsum("tnk,tk->tn", fc.beta, fc.f_prior).astype(np.float32)
+            fc.f_prior = (fc.f_prior + w * (g - post_mean)).astype(np.float32)
+        fc.r_hat = np.einsum("tnk,tk->tn", fc.beta, fc.f_prior).astype(np.float32)
         fc.r_std = out.get("r_std")
         return fc
 

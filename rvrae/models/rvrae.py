@@ -60,7 +60,9 @@ tables):
   unseen panel one of two fits fell 0.4 points below it. It is a forecaster any factor model
   can use: CA takes `forecast="ar1"` too and gains as much (README).
   Early stopping watches the posterior's reconstruction error plus the prior's forecast error
-  (`valid_loss`): the eq. 30 loss barely depends on the prior.
+  (`valid_loss`): the eq. 30 loss barely depends on the prior. `premia="ls"` (NeuralConfig,
+  off by default) anchors the forecast on the prevailing mean of the least-squares factors on
+  the model's own β instead of f̄ (README, "Where Rank IC is lost", has the measured case).
 * `beta_portfolios=True`: the target month's posterior mean also reads, linearly (a K × K
   map, zero at the start), the portfolios of the model's own betas (βᵀMβ + εI)⁻¹ βᵀ M r_t —
   the month's least-squares factors on β, which is IPCA's f_t; β is detached, so to the
