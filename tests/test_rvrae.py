@@ -227,6 +227,17 @@ def test_shrunk_forecast_gate_keeps_the_prevailing_mean_below_its_t_statistic(mo
     assert calibrate(ols, t_sig + 1.0)[0] == 0.0  # the threshold is what decides
 
 
+def assert_share_minimises_valid_sse(panel: Panel, beta, anchor, dev, w: float) -> None:
+    """w ∈ [0, 1] minimises the validation squared error of β (anchor + w · dev)."""
+    r, m = panel.ret[VALID], panel.mask[VALID]
+
+    def sse(f):
+        return float((((r - np.einsum("tnk,tk->tn", beta[VALID], f[VALID])) ** 2) * m).sum())
+
+    for v in {0.0, 1.0, max(w - 0.05, 0.0), min(w + 0.05, 1.0)}:
+        assert sse(anchor + w * dev) <= sse(anchor + v * dev) + 1e-9, (w, v)
+
+
 def test_ar1_forecast_is_the_prevailing_mean_plus_a_validation_share_of_each_factors_ar1():
     """forecast="ar1" (the default): f_prior = f̄ + w (g − f̄), g each factor's AR(1) on the
     model's own past f_post (rvrae.npx.prevailing_ar1), f̄ its prevailing mean, w ∈ [0, 1] the
@@ -245,11 +256,7 @@ def test_ar1_forecast_is_the_prevailing_mean_plus_a_validation_share_of_each_fac
     np.testing.assert_allclose(a.f_prior, fbar + w * (g - fbar), atol=1e-6)
     # a later window alone forecasts the same months the same way (f_all is rebuilt)
     np.testing.assert_allclose(ar1.predict(panel.view(TEST)).f_prior, a.f_prior[TEST], atol=1e-6)
-    r, m = panel.ret[VALID], panel.mask[VALID]
-    def sse(f):
-        return float((((r - np.einsum("tnk,tk->tn", a.beta[VALID], f[VALID])) ** 2) * m).sum())
-    for v in {0.0, 1.0, max(w - 0.05, 0.0), min(w + 0.05, 1.0)}:
-        assert sse(fbar + w * (g - fbar)) <= sse(fbar + v * (g - fbar)) + 1e-9, (w, v)
+    assert_share_minimises_valid_sse(panel, a.beta, fbar, g - fbar, w)
 
 
 def test_ls_premia_start_the_forecast_from_the_least_squares_factors_on_beta():
@@ -271,11 +278,8 @@ def test_ls_premia_start_the_forecast_from_the_least_squares_factors_on_beta():
     np.testing.assert_allclose(a.r_hat, np.einsum("tnk,tk->tn", a.beta, a.f_prior), atol=1e-6)
     # a later window alone forecasts the same months the same way (β and f rebuilt)
     np.testing.assert_allclose(ls.predict(panel.view(TEST)).f_prior, a.f_prior[TEST], atol=1e-6)
+    assert_share_minimises_valid_sse(panel, a.beta, lbar, g - fbar, w)
     r, m = panel.ret[VALID], panel.mask[VALID]
-    def sse(f):
-        return float((((r - np.einsum("tnk,tk->tn", a.beta[VALID], f[VALID])) ** 2) * m).sum())
-    for v in {0.0, 1.0, max(w - 0.05, 0.0), min(w + 0.05, 1.0)}:
-        assert sse(lbar + w * (g - fbar)) <= sse(lbar + v * (g - fbar)) + 1e-9, (w, v)
     # the validation slope and its month-clustered t-statistic are taken around f̄_ls
     x = np.where(m, np.einsum("tnk,tk->tn", a.beta[VALID], (g - fbar)[VALID]), 0.0)
     resid = np.where(m, r - np.einsum("tnk,tk->tn", a.beta[VALID], lbar[VALID]), 0.0)
