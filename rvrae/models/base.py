@@ -292,10 +292,11 @@ class NeuralFactorModel(FactorModel):
                 f_prior=out["f_prior"], r_std=out.get("r_std"),
             )
         # The prevailing mean of f_post over every earlier month: the forecast of a model
-        # without a factor forecaster, the anchor of a shrunk one (`calibrate`).
+        # without a factor forecaster, the anchor of a shrunk one (`calibrate`; `premia="ls"`
+        # anchors on the least-squares factors on β instead). The study's predict runs over
+        # all months: its own output is the history.
         hist = np.arange(int(months.max()) + 1)
-        every = out if np.array_equal(months, hist) else self._run(tensors, hist)  # the study's
-        # predict runs over all months: reuse it
+        every = out if np.array_equal(months, hist) else self._run(tensors, hist)
         f_all = every["f_post"]
         fc = forecast_from_prevailing_mean(months, out["beta"], out["f_post"], f_all)
         post_mean = fc.f_prior
