@@ -298,17 +298,16 @@ class NeuralFactorModel(FactorModel):
         hist = np.arange(int(months.max()) + 1)
         every = out if np.array_equal(months, hist) else self._run(tensors, hist)
         f_all = every["f_post"]
-        fc = forecast_from_prevailing_mean(months, out["beta"], out["f_post"], f_all)
-        post_mean = fc.f_prior
-        if self.config.premia != "factors":
-            fc.f_prior = self._premia(every["beta"], f_all, panel, hist)[months].astype(np.float32)
+        f_prior = self._premia(every["beta"], f_all, panel, hist)[months]
         w = float(self.forecast_weight_ or 0.0)  # None: no dynamic forecast (`calibrate`)
         if w > 0:  # a validation-supported share of the dynamic forecast (`calibrate`)
             g = self._dynamic_forecast(out, f_all, months)
-            fc.f_prior = (fc.f_prior + w * (g - post_mean)).astype(np.float32)
-        fc.r_hat = np.einsum("tnk,tk->tn", fc.beta, fc.f_prior).astype(np.float32)
-        fc.r_std = out.get("r_std")
-        return fc
+            f_prior = f_prior + w * (g - prevailing_mean(f_all)[months])
+        f_prior = f_prior.astype(np.float32)
+        return Forecast(
+            months=months, r_hat=np.einsum("tnk,tk->tn", out["beta"], f_prior).astype(np.float32),
+            beta=out["beta"], f_post=out["f_post"], f_prior=f_prior, r_std=out.get("r_std"),
+        )
 
 
 _PER_STOCK = ("r_hat", "r_std", "beta")  # forecast outputs with a stock axis (axis 1)
@@ -329,7 +328,8 @@ def forecast_from_prevailing_mean(
     months: np.ndarray, beta: np.ndarray, f_post: np.ndarray, f_all: np.ndarray
 ) -> Forecast:
     """Forecast with f_prior = prevailing mean of `f_all` (f_post over months 0..max) and
-    r_hat = beta · f_prior. Shared by IPCA, CA, ALSTM and Transformer."""
+    r_hat = beta · f_prior: IPCA's forecast (the neural models' `predict` builds theirs
+    around `premia` and the calibrated dynamic share)."""
     f_prior = prevailing_mean(f_all)[months]
     r_hat = np.einsum("tnk,tk->tn", beta, f_prior).astype(np.float32)
     return Forecast(months=months, r_hat=r_hat, beta=beta, f_post=f_post, f_prior=f_prior)
