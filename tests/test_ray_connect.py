@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from rvrae.errors import UserError
-from rvrae.study.runner import StudyOptions, autoscaling_maxima, plan_resources, resolve_address, waiting_note
+from rvrae.study.runner import StudyOptions, autoscaling_maxima, plan_resources, resolve_address, reuse_actors, waiting_note
 
 
 class _Stop(Exception):
@@ -46,6 +46,16 @@ def test_address_resolution(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     assert resolve_address(None) == "10.0.0.5:6379"
     assert resolve_address("auto") == "auto"  # the flag wins over the environment
+
+
+def test_actors_are_reused_on_a_private_local_ray_only(monkeypatch, tmp_path):
+    """On a cluster a reused actor on a lost node fails its trial for good (runner.reuse_actors)."""
+    opts = lambda address: StudyOptions(study="robustness", models=["ipca"], out=tmp_path, address=address)  # noqa: E731
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert reuse_actors(opts(None)) and reuse_actors(opts("local"))
+    assert not reuse_actors(opts("auto")) and not reuse_actors(opts("10.0.0.5:6379"))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert not reuse_actors(opts(None))
 
 
 def test_default_starts_a_private_local_ray(fake_init, tiny_data_file, tmp_path):

@@ -182,6 +182,16 @@ def resolve_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
+def reuse_actors(opts) -> bool:
+    """Whether Tune reuses trainable actors (one actor runs trial after trial: 8 small trials
+    took 9 s instead of 47 s): on a private local Ray only. On a cluster a node can go, and a
+    cached actor on the lost node that Tune hands the next trial fails while that trial is
+    still PENDING; Tune retries only RUNNING trials (`TuneController._process_trial_failure`),
+    so the cell would end as an error row whatever `max_failures` says (seen in
+    tests/test_reliability.py). A fresh actor costs about a second against trials of minutes."""
+    return resolve_address(opts.address) == "local"
+
+
 def ray_init_kwargs(address: str | None = None, verbose: bool = False) -> dict:
     """The `ray.init` arguments of `connect`: attach to `address` ("auto" or host:port), or
     (None / "local") start a private local instance WITHOUT a dashboard, so no HTTP endpoint is
@@ -494,7 +504,7 @@ def _grid(opts, cells, panel_ref, common, storage, static, cpus, gpus, conc, run
         return tune.Tuner(
             trainable,
             param_space={**common, "cell": tune.grid_search(cells)},
-            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=conc, reuse_actors=True),
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=conc, reuse_actors=reuse_actors(opts)),
             run_config=_run_config(opts, opts.study, storage, [sink, live]),
         )
 
@@ -531,7 +541,7 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
             param_space=constants,
             tune_config=tune.TuneConfig(
                 search_alg=search, scheduler=make_scheduler(opts.scheduler, name, model_config(constants)),
-                num_samples=samples, max_concurrent_trials=conc, reuse_actors=True,
+                num_samples=samples, max_concurrent_trials=conc, reuse_actors=reuse_actors(opts),
             ),
             run_config=_run_config(opts, name, storage, [sink, live]),
         )
