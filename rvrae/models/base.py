@@ -227,9 +227,10 @@ class NeuralFactorModel(FactorModel):
         g = self._dynamic_forecast(out, out["f_post"], hist)  # rows = months 0..end of valid
         if g is None:
             return
-        post_mean = prevailing_mean(out["f_post"])[valid_months].astype(np.float64)  # [t, K]
-        d = g[valid_months].astype(np.float64) - post_mean  # the dynamic forecast's deviation
-        fbar = self._premia(out["beta"], out["f_post"], panel, hist)[valid_months].astype(np.float64)
+        post_mean = prevailing_mean(out["f_post"])  # [months 0..end of valid, K]
+        # the dynamic forecast's deviation from the prevailing mean of f_post
+        d = g[valid_months].astype(np.float64) - post_mean[valid_months]
+        fbar = self._premia(out["beta"], post_mean, panel, hist)[valid_months].astype(np.float64)
         beta = out["beta"][valid_months].astype(np.float64)  # [t, N, K]
         mask = panel.mask[valid_months]
         resid = np.where(mask, panel.ret[valid_months] - np.einsum("tnk,tk->tn", beta, fbar), 0.0)
@@ -258,13 +259,13 @@ class NeuralFactorModel(FactorModel):
             return prevailing_ar1(f_all)[months]
         return None
 
-    def _premia(self, beta: np.ndarray, f_post: np.ndarray, panel: Panel, hist: np.ndarray) -> np.ndarray:
+    def _premia(self, beta: np.ndarray, post_mean: np.ndarray, panel: Panel, hist: np.ndarray) -> np.ndarray:
         """[t, K] for months `hist` = 0..t-1: the premia the forecast starts from, each row
-        from the months before it (`premia`: the prevailing mean of f_post, or of the month's
-        least-squares factors on β over `panel`'s live stocks)."""
+        from the months before it (`premia`: `post_mean`, the prevailing mean of f_post, or
+        that of each month's least-squares factors on β over `panel`'s live stocks)."""
         if self.config.premia == "ls":
             return prevailing_mean(ls_factors(beta, panel.ret[hist], panel.mask[hist]))
-        return prevailing_mean(f_post)
+        return post_mean
 
     def calibrate_fit(self, out: dict, panel: Panel, train_months: np.ndarray) -> None:
         """Hook: `out` is the fitted net's forecast over months 0..end of validation."""
@@ -298,11 +299,12 @@ class NeuralFactorModel(FactorModel):
         hist = np.arange(int(months.max()) + 1)
         every = out if np.array_equal(months, hist) else self._run(tensors, hist)
         f_all = every["f_post"]
-        f_prior = self._premia(every["beta"], f_all, panel, hist)[months]
+        post_mean = prevailing_mean(f_all)
+        f_prior = self._premia(every["beta"], post_mean, panel, hist)[months]
         w = float(self.forecast_weight_ or 0.0)  # None: no dynamic forecast (`calibrate`)
         if w > 0:  # a validation-supported share of the dynamic forecast (`calibrate`)
             g = self._dynamic_forecast(out, f_all, months)
-            f_prior = f_prior + w * (g - prevailing_mean(f_all)[months])
+            f_prior = f_prior + w * (g - post_mean[months])
         f_prior = f_prior.astype(np.float32)
         return Forecast(
             months=months, r_hat=np.einsum("tnk,tk->tn", out["beta"], f_prior).astype(np.float32),
