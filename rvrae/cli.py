@@ -28,18 +28,23 @@ console = Console()
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(..., "--out", help="Parquet or CSV file to write"),
+    design: Optional[Path] = typer.Option(
+        None, help="JSON file of SynthConfig fields: another planted design (studies/panels/*.json)"),
     stocks: Optional[int] = typer.Option(None, help="stocks alive per month (default panel if unset)"),
     months: Optional[int] = typer.Option(None, help="number of months"),
     chars: Optional[int] = typer.Option(None, help="number of characteristics"),
-    seed: int = typer.Option(0, help="seed of the planted model"),
+    seed: Optional[int] = typer.Option(None, help="seed of the planted model [default: the design's, else 0]"),
 ):
     """Write the planted synthetic panel (a known conditional factor model) as a long panel, and
-    print its oracle scores (with the true betas' references) and its true factors."""
-    from rvrae.data.synthetic import SynthConfig, make_synthetic, write_synthetic
+    print its oracle scores (with the true betas' references) and its true factors. The flags
+    given override the design file's fields."""
+    from rvrae.data.synthetic import SynthConfig, make_synthetic, read_design, write_synthetic
     from rvrae.results.render import print_factors, print_oracle
 
-    overrides = {k: v for k, v in dict(n_stocks=stocks, n_months=months, n_chars=chars).items() if v is not None}
-    synth = make_synthetic(SynthConfig(seed=seed, **overrides))
+    fields = read_design(design) if design is not None else {}
+    flags = dict(seed=seed, n_stocks=stocks, n_months=months, n_chars=chars)
+    fields.update({k: v for k, v in flags.items() if v is not None})
+    synth = make_synthetic(SynthConfig(**fields))
     write_synthetic(synth, out)
     console.print(f"wrote {out}")
     print_oracle(synth, console)

@@ -7,7 +7,7 @@ import pytest
 
 from rvrae.cli import main
 from rvrae.data.io import load_data, load_panel
-from rvrae.data.synthetic import SynthConfig, make_synthetic
+from rvrae.data.synthetic import SynthConfig, make_synthetic, read_design
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +180,50 @@ def test_load_data_synthetic_is_the_default_panel(default):
     p = load_data("synthetic")
     assert p.fingerprint() == default.panel.fingerprint()
     assert "oracle" in p.meta
+
+
+def test_synth_from_a_design_file_with_flags_on_top(tmp_path):
+    design = tmp_path / "k2.json"
+    design.write_text('{"seed": 5, "n_factors": 2, "n_chars": 4, "n_stocks": 40, "n_months": 30,'
+                      ' "shapes": ["interaction", "bump"], "premia": [0.004, 0], "vols": [0.03, 0.01],'
+                      ' "phis": [0.4, 0], "idio_vol": 0.05}')
+    out = tmp_path / "p.parquet"
+    assert main(["data", "synth", "--design", str(design), "--out", str(out), "--months", "36"]) == 0
+    mine = make_synthetic(SynthConfig(seed=5, n_factors=2, n_chars=4, n_stocks=40, n_months=36,
+                                      shapes=("interaction", "bump"), premia=(0.004, 0.0),
+                                      vols=(0.03, 0.01), phis=(0.4, 0.0), idio_vol=0.05)).panel
+    back = load_panel(out)
+    assert back.T == 36  # the flag overrides the file's 30 months
+    np.testing.assert_array_equal(back.mask, mine.mask)
+    np.testing.assert_allclose(back.ret, mine.ret, rtol=1e-6)
+    assert make_synthetic(SynthConfig(seed=0, n_stocks=40, n_months=36, n_chars=4)).panel.fingerprint() \
+        != mine.fingerprint()  # the design's fields reached the generator
+
+
+@pytest.mark.parametrize("name", ["A", "B", "C", "D"])
+def test_the_readmes_unseen_panels_are_shipped_designs(name):
+    from pathlib import Path
+
+    cfg = SynthConfig(**read_design(Path(__file__).parents[1] / "studies" / "panels" / f"{name}.json"))
+    assert len(cfg.shapes) == len(cfg.premia) == len(cfg.vols) == len(cfg.phis) == cfg.n_factors
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("[1, 2]", "a design is a JSON object"),
+        ('{"n_factor": 2}', "unknown field 'n_factor'"),
+        ('{"premia": [0.1, "x"]}', "field 'premia' must be a list of float"),
+        ('{"seed": 1.5}', "field 'seed' must be int"),
+        ('{"n_stocks": true}', "field 'n_stocks' must be int"),
+        ('{"shapes": ["blob"]}', "invalid shapes"),
+        ("{bad", "not JSON (line 1"),
+    ],
+)
+def test_bad_design_file_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, text, needle):
+    design = tmp_path / "design.json"
+    design.write_text(text)
+    assert main(["data", "synth", "--design", str(design), "--out", str(tmp_path / "p.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(design) in err and needle in err, err
+    assert list(tmp_path.iterdir()) == [design]

@@ -100,6 +100,60 @@ class SynthConfig:
             raise UserError(f"synthetic panel: invalid {bad[0]} = {getattr(self, bad[0])!r}")
 
 
+def read_design(path: str | os.PathLike) -> dict:
+    """A planted design from a JSON file: an object of `SynthConfig` fields, e.g.
+    `{"seed": 31, "n_factors": 5, "shapes": ["saturating", "bump", ...], "premia": [...]}`;
+    fields left out keep their defaults (studies/panels/ holds the README's unseen panels).
+    Returns the keyword arguments for SynthConfig; an unreadable file, invalid JSON, an
+    unknown field or a value of the wrong type raises UserError naming the file and field
+    (the values themselves are checked by SynthConfig)."""
+    import json
+    import typing
+
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: design file does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the design file ({e})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a design is a JSON object of SynthConfig fields, got {type(raw).__name__}")
+    hints = typing.get_type_hints(SynthConfig)
+    design = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise UserError(f"{path}: unknown field {key!r} (fields: {', '.join(hints)})")
+        kind = hints[key]
+        if typing.get_origin(kind) is tuple:  # a list in JSON; its items as the tuple's type
+            item = typing.get_args(kind)[0]
+            ok = isinstance(value, list) and value and all(_is(v, item) for v in value)
+            value = tuple(float(v) if item is float else v for v in value) if ok else value
+        else:
+            ok = _is(value, kind)
+            value = float(value) if ok and kind is float else value
+        if not ok:
+            want = f"a list of {typing.get_args(kind)[0].__name__}" if typing.get_origin(kind) is tuple else kind.__name__
+            raise UserError(f"{path}: field {key!r} must be {want}, got {value!r}")
+        design[key] = value
+    try:
+        SynthConfig(**design)  # its values, checked here to name the file
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    return design
+
+
+def _is(value, kind: type) -> bool:
+    """JSON value of a SynthConfig type: ints are floats too; bools are neither."""
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
 @dataclass
 class Oracle:
     beta: np.ndarray  # [T, N, K] true betas (0 where the stock is not alive)
