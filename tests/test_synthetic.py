@@ -217,6 +217,8 @@ def test_the_readmes_unseen_panels_are_shipped_designs(name):
         ('{"seed": 1.5}', "field 'seed' must be int"),
         ('{"n_stocks": true}', "field 'n_stocks' must be int"),
         ('{"shapes": ["blob"]}', "invalid shapes"),
+        ('{"noise_rho": [0.5, 0.9, 0.99]}', "invalid noise_rho"),
+        ('{"start": "the year 2000"}', "invalid start"),
         ("{bad", "not JSON (line 1"),
     ],
 )

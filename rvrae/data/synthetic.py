@@ -94,10 +94,22 @@ class SynthConfig:
             "hazard": 0.0 <= self.hazard < 1.0,
             "missing": 0.0 <= self.missing < 1.0,
             "idio_df": self.idio_df > 2.0,
+            "idio_vol": self.idio_vol > 0.0,
+            "char_rho": abs(self.char_rho) < 1.0,
+            "noise_rho": len(self.noise_rho) == 2 and -1.0 < self.noise_rho[0] <= self.noise_rho[1] < 1.0,
+            "start": _is_month(self.start),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise UserError(f"synthetic panel: invalid {bad[0]} = {getattr(self, bad[0])!r}")
+
+
+def _is_month(text) -> bool:
+    try:
+        np.datetime64(text, "M")
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def read_design(path: str | os.PathLike) -> dict:
