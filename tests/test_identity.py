@@ -31,6 +31,16 @@ def _bench(data, out, split, seeds, resume=True):
     return study_main("benchmark", args)
 
 
+def test_a_study_on_a_planted_design(ray_session, tmp_path):
+    design = tmp_path / "k2.json"
+    design.write_text('{"seed": 4, "n_factors": 2, "n_chars": 5, "n_stocks": 60, "n_months": 60,'
+                      ' "shapes": ["bump", "interaction"], "premia": [0.006, 0.003]}')
+    assert _bench(f"synthetic:{design}", tmp_path / "res", "3/1/1", 1, resume=False) == 0
+    df = read_results(tmp_path / "res", "benchmark")
+    assert len(df) == 1 and df["status"].iloc[0] == "ok"
+    assert df["data_source"].iloc[0].startswith("synthetic(seed=4, n_stocks=60, n_months=60, n_chars=5, n_factors=2")
+
+
 def test_resume_with_other_data_or_split_runs_those_cells(ray_session, tiny_data_file, second_data_file,
                                                            tmp_path, capsys):  # fmt: skip
     out = tmp_path / "res"

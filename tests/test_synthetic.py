@@ -229,3 +229,30 @@ def test_bad_design_file_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(design) in err and needle in err, err
     assert list(tmp_path.iterdir()) == [design]
+
+
+def test_load_data_takes_a_design_and_names_it(tmp_path):
+    design = tmp_path / "k2.json"
+    design.write_text('{"seed": 3, "n_factors": 2, "n_chars": 4, "n_stocks": 30, "n_months": 40, "idio_vol": 0.05}')
+    panel = load_data(f"synthetic:{design}")
+    mine = make_synthetic(SynthConfig(seed=3, n_factors=2, n_chars=4, n_stocks=30, n_months=40, idio_vol=0.05))
+    assert panel.fingerprint() == mine.panel.fingerprint() and "oracle" in panel.meta
+    # the tables' "Produced by" names the design's fields, not only its size
+    assert panel.source == "synthetic(seed=3, n_stocks=30, n_months=40, n_chars=4, n_factors=2, idio_vol=0.05)"
+    assert load_data("synthetic").source == "synthetic(seed=0, n_stocks=300, n_months=252, n_chars=20)"
+
+
+@pytest.mark.parametrize(
+    "spec, opts, needle",
+    [
+        ("synthetic:", {}, "needs the design file"),
+        ("synthetic:{tmp}/missing.json", {}, "missing.json: design file does not exist"),
+        ("synthetic:{tmp}/d.json", {"percent": True}, "takes no loader options"),
+    ],
+)
+def test_load_data_bad_design_spec(tmp_path, spec, opts, needle):
+    from rvrae.errors import UserError
+
+    (tmp_path / "d.json").write_text('{"n_stocks": 30}')
+    with pytest.raises(UserError, match=needle):
+        load_data(spec.format(tmp=tmp_path), **opts)

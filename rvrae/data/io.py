@@ -6,6 +6,7 @@ the Chen-Pelger-Zhu `.npz` layout is read too. Every problem a user can fix rais
 
     panel = load_panel("gkx.parquet", alignment="same_row", percent=False)
     panel = load_data("synthetic")          # the studies' --data flag
+    panel = load_data("synthetic:studies/panels/C.json")   # another planted design
 """
 
 from __future__ import annotations
@@ -41,13 +42,18 @@ NPZ_MISSING = -99.99  # the CPZ missing-value code
 
 def load_data(spec: str | os.PathLike, **opts) -> Panel:
     """`--data` of the studies: "synthetic" (the built-in default panel, with its oracle in
-    `meta["oracle"]`) or a path to a Parquet / CSV / `.npz` panel (options as load_panel)."""
-    if str(spec) == "synthetic":
-        from rvrae.data.synthetic import SynthConfig, make_synthetic
+    `meta["oracle"]`), "synthetic:DESIGN.json" (another planted design,
+    `rvrae.data.synthetic.read_design`) or a path to a Parquet / CSV / `.npz` panel (options as
+    load_panel)."""
+    if str(spec) == "synthetic" or str(spec).startswith("synthetic:"):
+        from rvrae.data.synthetic import SynthConfig, make_synthetic, read_design
 
         if opts:
-            raise UserError(f"--data synthetic takes no loader options (got {', '.join(opts)})")
-        return make_synthetic(SynthConfig()).panel
+            raise UserError(f"--data {spec} takes no loader options (got {', '.join(opts)})")
+        design = str(spec).partition(":")[2]
+        if str(spec).startswith("synthetic:") and not design:
+            raise UserError("--data synthetic:DESIGN.json needs the design file after the colon")
+        return make_synthetic(SynthConfig(**(read_design(design) if design else {}))).panel
     return load_panel(spec, **opts)
 
 

@@ -104,6 +104,15 @@ class SynthConfig:
             raise UserError(f"synthetic panel: invalid {bad[0]} = {getattr(self, bad[0])!r}")
 
 
+def _source(cfg: SynthConfig) -> str:
+    """The panel's name in tables: seed and size, then every other field a design changed."""
+    rest = [f"{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)
+            if f.name not in ("seed", "n_stocks", "n_months", "n_chars")
+            and getattr(cfg, f.name) != f.default]
+    head = f"seed={cfg.seed}, n_stocks={cfg.n_stocks}, n_months={cfg.n_months}, n_chars={cfg.n_chars}"
+    return f"synthetic({', '.join([head, *rest])})"
+
+
 def _is_month(text) -> bool:
     try:
         np.datetime64(text, "M")
@@ -291,7 +300,7 @@ def make_synthetic(cfg: SynthConfig | None = None) -> Synthetic:
         dates=dates,
         ids=ids,
         char_names=char_names,
-        source=f"synthetic(seed={cfg.seed}, n_stocks={S}, n_months={T}, n_chars={C})",
+        source=_source(cfg),
         meta={"oracle": oracle, "missing_share": missing_share(chars_raw, mask), "synth_config": dataclasses.asdict(cfg)},
     )
     oracle.rescore(panel, test_months)

@@ -75,7 +75,7 @@ def loader_options(a: argparse.Namespace) -> dict:
 
 def parser(study: str) -> argparse.ArgumentParser:
     p = _Parser(prog=f"studies/{study}.py", description=DESCRIPTIONS[study])
-    p.add_argument("--data", default="synthetic", help="PATH of a long panel (Parquet/CSV/.npz) or 'synthetic'")
+    p.add_argument("--data", default="synthetic", help="PATH of a long panel (Parquet/CSV/.npz), 'synthetic' or 'synthetic:DESIGN.json'")
     p.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
     p.add_argument("--models", default="all", help="comma-separated model names, or 'all'")
     p.add_argument("--seeds", type=int, default=1 if study == "tune" else 10, help="seeds per cell")
