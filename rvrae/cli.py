@@ -114,6 +114,7 @@ def table(
     identity, each saying under it what produced it; benchmark tables add a seed-ensemble row
     per model (the mean forecast over its seeds) where forecasts are stored."""
     from rvrae.results.forecasts import rescore_rows, seed_ensembles
+    from rvrae.results.oracle import read_oracle
     from rvrae.results.render import render_tables
     from rvrae.results.store import read_results
     from rvrae.results.tables import build_tables, one_identity_per_study
@@ -134,8 +135,10 @@ def table(
                             "(studies run with --no-forecasts or before forecasts were stored)")  # fmt: skip
         note = f"Rescored from the stored forecasts of {n} trials: {bps:g} bps, {weighting}-weighted long-short."
     ensembles = seed_ensembles(directory, df, bps / 1e4, weighting) if not metrics else None
+    # the planted model's row, where the study generated its synthetic panel (rvrae.results.oracle)
+    oracle = read_oracle(directory, bps / 1e4 if note else None, weighting) if not metrics else None
     tables = build_tables(df, study=study, metrics=metrics.split(",") if metrics else None, identity=identity,
-                          ensembles=ensembles, note=note, cost_bps=bps)  # fmt: skip
+                          ensembles=ensembles, note=note, cost_bps=bps, oracle=oracle)  # fmt: skip
     text = render_tables(tables, fmt, console=console)
     if text:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")

@@ -31,7 +31,7 @@ def _bench(data, out, split, seeds, resume=True):
     return study_main("benchmark", args)
 
 
-def test_a_study_on_a_planted_design(ray_session, tmp_path):
+def test_a_study_on_a_planted_design(ray_session, tmp_path, capsys):
     design = tmp_path / "k2.json"
     design.write_text('{"seed": 4, "n_factors": 2, "n_chars": 5, "n_stocks": 60, "n_months": 60,'
                       ' "shapes": ["bump", "interaction"], "premia": [0.006, 0.003]}')
@@ -39,6 +39,11 @@ def test_a_study_on_a_planted_design(ray_session, tmp_path):
     df = read_results(tmp_path / "res", "benchmark")
     assert len(df) == 1 and df["status"].iloc[0] == "ok"
     assert df["data_source"].iloc[0].startswith("synthetic(seed=4, n_stocks=60, n_months=60, n_chars=5, n_factors=2")
+    # the study generated the panel, so it knows the truth: the oracle heads the tables
+    assert rvrae_main(["table", str(tmp_path / "res"), "--format", "csv"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    lines = out[out.index("study,model,m,metric,mean,std,n"):]  # the table after the study's own output
+    assert lines[1].startswith("benchmark,oracle,0,r2_total,") and "benchmark,ipca,0,r2_total," in "\n".join(lines)
 
 
 def test_resume_with_other_data_or_split_runs_those_cells(ray_session, tiny_data_file, second_data_file,
@@ -55,6 +60,7 @@ def test_resume_with_other_data_or_split_runs_those_cells(ray_session, tiny_data
 
     df = read_results(out, "benchmark")
     assert len(df) == 5 and set(df["status"]) == {"ok"}
+    assert not (out / "oracle").exists()  # a user's file: no truth to print
     assert set(df["split"]) == {"3/1/1", "2/1/1"} and df["data_source"].str.endswith(".parquet").all()
     assert df["data_fingerprint"].nunique() == 2 and (df["epoch_cap"] == 0).all()
     assert df["resolved_config"].map(lambda c: json.loads(c)["n_factors"]).notna().all()

@@ -181,7 +181,7 @@ def test_raising_and_nan_trials_are_error_rows_and_the_rest_completes(ray_sessio
     text = capsys.readouterr().out
     table = pd.read_csv(io.StringIO(text))
     n = table[table["metric"] == "r2_total"].set_index("model")["n"].to_dict()
-    assert n == {"ipca": 1, "ca": 1}, text  # the ok seed of each model
+    assert n == {"oracle": 1, "ipca": 1, "ca": 1}, text  # the ok seed of each model (and the truth: synthetic)
 
 
 # ---------------------------------------------------------------- 4. atomic results files

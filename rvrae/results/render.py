@@ -24,7 +24,8 @@ from rvrae.results.tables import ENSEMBLE, Table, base_metric
 
 FORMATS = ("rich", "markdown", "latex", "csv")
 MODEL_LABELS = {"ipca": "IPCA", "ca": "CA", "factorvae": "FactorVAE", "alstm": "ALSTM",
-                "transformer": "Trans", "rvrae": "RVRAE"}  # fmt: skip  (the paper's labels)
+                "transformer": "Trans", "rvrae": "RVRAE",
+                "oracle": "Oracle (true model)"}  # fmt: skip  (the paper's labels; rvrae.results.oracle)
 METRIC_LABELS = {
     "r2_total": ("Total R²", r"Total $R^2$"),
     "r2_pred": ("Predictive R²", r"Predictive $R^2$"),  # β · prevailing mean of the factors

@@ -417,14 +417,55 @@ def _add_ensemble_rows(t: Table, ens: pd.DataFrame) -> None:
                   "(from the stored forecasts), beside the mean(std) over seeds.")  # fmt: skip
 
 
+def _oracle_of(oracle: pd.DataFrame | None, study: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """The oracle rows (rvrae.results.oracle) of one study and identity group."""
+    if oracle is None or oracle.empty:
+        return pd.DataFrame()
+    key = key_of(rows.iloc[0])
+    same = [str(r["study"]) == study and key_of(r) == key for r in oracle.to_dict("records")]
+    return oracle[same]
+
+
+def _add_oracle_row(t: Table, orows: pd.DataFrame) -> None:
+    """The planted model's row at the top of a paper table: mean(std) over seeds where its
+    cells differ by seed (Table III's omitted sets), one value otherwise. The models' best
+    marks stay theirs: the oracle is the ceiling, not a competitor."""
+    from rvrae.results.oracle import ORACLE
+
+    ms = list(dict.fromkeys(m for _, m in t.cells))
+    sub = orows[orows["m"].isin(ms)]
+    if sub.empty:
+        return
+    metrics = list(dict.fromkeys(metric for metric, _ in t.cells))
+    frame, _ = _aggregate(sub.assign(model=ORACLE), "model", metrics, ms, signif=False)
+    frame = frame.reindex(columns=t.frame.columns)
+    for metric, m in t.cells:
+        frame[(metric, m, "best")] = False
+        frame[(metric, m, "sig")] = False
+    out = pd.concat([frame, t.frame])
+    for metric, m in t.cells:
+        out[(metric, m, "n")] = out[(metric, m, "n")].fillna(0).astype(int)
+        out[(metric, m, "best")] = out[(metric, m, "best")].astype(bool)
+        out[(metric, m, "sig")] = out[(metric, m, "sig")].astype(bool)
+    out.index.name = t.frame.index.name
+    t.frame = out
+    t.caption += (" Row 'Oracle (true model)': the planted model of this synthetic panel, scored "
+                  "the same way on the same test months and omitted stocks (true β; f_post = the "
+                  "true factors, so predictive R² uses their prevailing mean; forecast R² and the "
+                  "portfolios use its conditional forecast β_t E(f_t | past)): the ceiling to read "
+                  "each model's share against, never marked best.")  # fmt: skip
+
+
 def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] | None = None,
                  identity: int | None = None, ensembles: pd.DataFrame | None = None,
-                 note: str = "", cost_bps: float = 30.0) -> list[Table]:  # fmt: skip
+                 note: str = "", cost_bps: float = 30.0, oracle: pd.DataFrame | None = None) -> list[Table]:  # fmt: skip
     """Tables for one study or every study present, one set per study identity (or only
     identity number `identity`); `metrics` asks for a custom table (mean(std) of those
     columns, by model and m) instead of the paper layouts. `ensembles`: seed-ensemble rows
-    (rvrae.results.forecasts.seed_ensembles) shown in the benchmark's Tables I and II. `note`
-    (e.g. what rescoring changed) ends every caption; `cost_bps` is the cost the rows carry."""
+    (rvrae.results.forecasts.seed_ensembles) shown in the benchmark's Tables I and II;
+    `oracle`: the planted model's rows (rvrae.results.oracle.read_oracle), the first row of
+    Tables I-III of the identity they belong to. `note` (e.g. what rescoring changed) ends
+    every caption; `cost_bps` is the cost the rows carry."""
     if study is not None:
         df = df[df["study"] == study]
     studies = _order_studies(df["study"].unique())
@@ -443,9 +484,12 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
             if s != "tune":
                 ok, ens = _label_ensembles(ok, ens)
             new = _study_tables(ok, s, metrics)
+            orows = _oracle_of(oracle, s, rows) if not metrics else pd.DataFrame()
             for t in new:
                 if not ens.empty and t.key in ("table1", "table2"):
                     _add_ensemble_rows(t, ens)
+                if not orows.empty and t.key in ("table1", "table2", "table3"):
+                    _add_oracle_row(t, orows)
                 t.cost_bps = cost_bps
                 if cost_bps != 30.0:
                     t.caption = t.caption.replace("30 bps", f"{cost_bps:g} bps")

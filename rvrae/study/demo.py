@@ -45,6 +45,7 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 8, 
     from rvrae.models.registry import model_names
     from rvrae.results.render import print_oracle, render_tables
     from rvrae.results.forecasts import seed_ensembles
+    from rvrae.results.oracle import read_oracle
     from rvrae.results.store import read_results
     from rvrae.results.tables import build_tables
     from rvrae.study.runner import StudyOptions, connect, run_study
@@ -73,7 +74,7 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 8, 
     for study in ("benchmark", "robustness"):
         rows = read_results(out, study=study)
         ensembles = seed_ensembles(out, rows) if study == "benchmark" else None
-        tables = build_tables(rows, study=study, ensembles=ensembles)
+        tables = build_tables(rows, study=study, ensembles=ensembles, oracle=read_oracle(out))
         text = render_tables(tables, "rich", console=console)
         if text:
             console.print(text)

@@ -439,6 +439,10 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
                 _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc, run, console)
             write_best_configs(out, opts.models, identity)
         else:
+            from rvrae.results.oracle import write_oracle
+
+            # a synthetic panel generated here: its truth beside the rows (rvrae.results.oracle)
+            write_oracle(out, opts.study, panel, identity, grid_cells(opts))
             cells = [c for c in grid_cells(opts) if _key(opts.study, {**c, **common}) not in existing]
             run.skipped = len(grid_cells(opts)) - len(cells)
             _grid(opts, cells, panel_ref, common, storage, static, cpus, gpus, conc, run, console)

@@ -1,0 +1,122 @@
+"""The planted model's row in a study's tables (rvrae.results.oracle): scored by the trials'
+code on the study's split and omitted sets, equal to the oracle of `rvrae data synth`, first
+in Tables I-III of its own identity only, rescored like a trial."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rvrae.data.panel import omit_stocks, split_by_years
+from rvrae.data.synthetic import SynthConfig, make_synthetic
+from rvrae.identity import StudyIdentity
+from rvrae.metrics import ic_series
+from rvrae.results.oracle import ORACLE, read_oracle, write_oracle
+from rvrae.results.tables import build_tables
+
+SPLIT = (3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return make_synthetic(SynthConfig(seed=4, n_factors=2, n_chars=5, n_stocks=80, n_months=60,
+                                      shapes=("bump", "interaction"), premia=(0.006, 0.003)))  # fmt: skip
+
+
+def _identity(panel, split=SPLIT):
+    return StudyIdentity(panel.fingerprint(), panel.source, split, 2)
+
+
+def _cells(seeds, ms):
+    return [{"model": "ipca", "seed": s, "m": m} for s in seeds for m in ms]
+
+
+def test_oracle_rows_are_the_oracles_scores_on_the_studys_split(synth, tmp_path):
+    p = synth.panel
+    path = write_oracle(tmp_path, "robustness", p, _identity(p), _cells([0, 1], [0, 20]))
+    rows = read_oracle(tmp_path)
+    assert path.is_file() and len(rows) == 3  # m = 0 once (no seed in it), m = 20 per seed
+    assert list(zip(rows["seed"], rows["m"])) == [(0, 0), (0, 20), (1, 20)]
+    train, _, test = split_by_years(p, *SPLIT)
+    o = synth.oracle
+    o.rescore(p, test.target_months)  # what `rvrae data synth` prints, on this split
+    for k in ("r2_total", "r2_pred", "r2_forecast", "rank_ic", "sharpe", "sharpe_net", "coverage90"):
+        assert rows[k].iloc[0] == pytest.approx(o.scores[k], rel=1e-6, abs=1e-12), k
+    assert rows["r2_forecast"].iloc[0] != rows["r2_pred"].iloc[0]  # two definitions, two columns
+    m = test.target_months
+    for _, r in rows[rows["m"] == 20].iterrows():
+        omitted = omit_stocks(train, test, 20, int(r["seed"]))  # the models' omitted set
+        assert json.loads(r["omitted"]) == omitted.tolist()
+        mask = np.zeros_like(p.mask[m])
+        mask[:, omitted] = p.mask[m][:, omitted]
+        want = np.nanmean(ic_series(o.r_hat[m], p.ret[m], mask, rank=True))
+        assert r["omitted_rank_ic"] == pytest.approx(want, rel=1e-6)
+    assert rows["omitted_rank_ic"].iloc[1] != rows["omitted_rank_ic"].iloc[2]
+
+
+def test_a_resumed_study_keeps_every_seed_and_a_users_file_writes_none(synth, tiny_data_file, tmp_path):
+    from rvrae.data.io import load_panel
+
+    p = synth.panel
+    write_oracle(tmp_path, "robustness", p, _identity(p), _cells([0, 1, 2], [20]))
+    write_oracle(tmp_path, "robustness", p, _identity(p), _cells([0], [20]))  # --resume --seeds 1
+    assert sorted(read_oracle(tmp_path)["seed"]) == [0, 1, 2]
+    plain = load_panel(tiny_data_file)  # a synthetic panel written out and read back: no truth
+    assert write_oracle(tmp_path / "file", "benchmark", plain, _identity(plain), _cells([0], [0])) is None
+    assert not (tmp_path / "file").exists() and read_oracle(tmp_path / "file").empty
+    assert write_oracle(tmp_path / "t", "tune", p, _identity(p), _cells([0], [0])) is None
+
+
+def _model_rows(identity, ms, value):
+    cols = identity.columns()
+    return pd.DataFrame([{**cols, "study": "robustness" if ms != [0] else "benchmark", "model": "ipca",
+                          "seed": s, "m": m, "status": "ok", "trial_id": f"t{s}{m}", "config": "{}",
+                          "r2_total": value, "r2_pred": value / 10, "r2_forecast": value / 10, "r2_beta": value,
+                          "sharpe": 1.0, "sharpe_net": 0.5, "omitted_rank_ic": value, "omitted_rank_icir": value}
+                         for s in (0, 1) for m in ms])  # fmt: skip
+
+
+def test_the_oracle_heads_its_identitys_tables_and_is_never_best(synth, tmp_path):
+    p = synth.panel
+    ident = _identity(p)
+    write_oracle(tmp_path, "benchmark", p, ident, _cells([0, 1], [0]))
+    write_oracle(tmp_path, "robustness", p, ident, _cells([0, 1], [20]))
+    oracle = read_oracle(tmp_path)
+    big = 10.0  # a model "above" the oracle: the best marks stay the models'
+    for study, ms in (("benchmark", [0]), ("robustness", [20])):
+        tables = build_tables(_model_rows(ident, ms, big), study=study, oracle=oracle)
+        assert [t.key for t in tables] == (["table1", "table2"] if study == "benchmark" else ["table3"])
+        for t in tables:
+            assert t.rows == [ORACLE, "ipca"] and "Oracle (true model)" in t.caption
+            metric, m = t.cells[0]
+            assert not t.frame.loc[ORACLE, (metric, m, "best")] and t.frame.loc["ipca", (metric, m, "best")]
+    t3 = build_tables(_model_rows(ident, [20], big), study="robustness", oracle=oracle)[0]
+    rob = oracle[oracle["study"] == "robustness"]
+    assert t3.frame.loc[ORACLE, ("omitted_rank_ic", 20, "mean")] == pytest.approx(rob["omitted_rank_ic"].mean())
+    assert t3.frame.loc[ORACLE, ("omitted_rank_ic", 20, "std")] == pytest.approx(rob["omitted_rank_ic"].std())
+    t1 = build_tables(_model_rows(ident, [0], big), study="benchmark", oracle=oracle)[0]
+    bench = oracle[oracle["study"] == "benchmark"].iloc[0]
+    assert t1.frame.loc[ORACLE, ("r2_forecast", 0, "mean")] == pytest.approx(bench["r2_forecast"])
+    assert t1.frame.loc[ORACLE, ("r2_total", 0, "n")] == 1
+    # another identity (here: another split) of the same panel gets no oracle row
+    other = build_tables(_model_rows(_identity(p, (2, 1, 1)), [0], big), study="benchmark", oracle=oracle)
+    assert all(t.rows == ["ipca"] for t in other)
+    assert all(t.rows == ["ipca"] for t in build_tables(_model_rows(ident, [0], big), study="benchmark"))
+
+
+def test_rescoring_the_oracle_from_its_stored_forecast(synth, tmp_path):
+    p = synth.panel
+    write_oracle(tmp_path, "robustness", p, _identity(p), _cells([0, 1], [20]))
+    stored = read_oracle(tmp_path)
+    same = read_oracle(tmp_path, cost=0.003)  # the 30 bps the rows carry: the same numbers
+    for k in ("r2_total", "r2_pred", "r2_forecast", "rank_ic", "sharpe_net", "omitted_rank_ic", "valid_rank_ic"):
+        np.testing.assert_allclose(same[k], stored[k], rtol=1e-5, err_msg=k)
+    free = read_oracle(tmp_path, cost=0.0)
+    np.testing.assert_allclose(free["sharpe_net"], stored["sharpe"], rtol=1e-6)
+    assert (free["sharpe_net"] > stored["sharpe_net"]).all()
+    # the omitted stocks' portfolios too: each row rescored on its own omitted set
+    np.testing.assert_allclose(free["omitted_sharpe_net"], stored["omitted_sharpe"], rtol=1e-6)
+    assert (free["omitted_sharpe_net"] != stored["omitted_sharpe_net"]).all()
