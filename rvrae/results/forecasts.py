@@ -120,8 +120,12 @@ def write_forecast(out_dir: str | Path, study: str, model: str, trial_id: str, d
 def read_forecast(out_dir: str | Path, study: str, model: str, trial_id: str) -> tuple[pd.DataFrame, int] | None:
     """(one trial's forecast rows, the panel's number of stocks), or None if not stored."""
     path = forecast_path(out_dir, study, model, trial_id)
-    if not path.is_file():
-        return None
+    return read_forecast_file(path) if path.is_file() else None
+
+
+def read_forecast_file(path: Path) -> tuple[pd.DataFrame, int]:
+    """(the forecast rows of one file, the panel's number of stocks); UserError naming an
+    unreadable file."""
     try:
         table = pq.read_table(path)
     except Exception as e:

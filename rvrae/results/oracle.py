@@ -97,7 +97,7 @@ def read_oracle(out_dir: str | Path, cost: float | None = None, weighting: str =
     --rescore/--cost/--weighting`) their metrics recomputed from the stored forecast, each
     row's omitted stocks marked, as `rvrae.results.forecasts.rescore_rows` does for trials."""
     from rvrae.errors import UserError
-    from rvrae.results.forecasts import scores
+    from rvrae.results.forecasts import read_forecast_file, scores
 
     frames = []
     for path in sorted((Path(out_dir) / ORACLE_DIR).glob("study=*/*.parquet")):
@@ -108,13 +108,7 @@ def read_oracle(out_dir: str | Path, cost: float | None = None, weighting: str =
         except Exception as e:
             raise UserError(f"cannot read oracle file {str(path)!r}: {e}") from None
         if cost is not None:
-            fc_path = path.with_name(path.name.replace(".parquet", ".forecast.parquet"))
-            try:
-                table = pq.read_table(fc_path)
-            except Exception as e:
-                raise UserError(f"cannot read oracle forecast {str(fc_path)!r}: {e}") from None
-            n_stocks = int((table.schema.metadata or {}).get(b"n_stocks", b"0"))
-            fc = table.to_pandas()
+            fc, n_stocks = read_forecast_file(path.with_name(path.name.replace(".parquet", ".forecast.parquet")))
             rows = rows.copy()
             for i, r in rows.iterrows():
                 fc["omitted"] = fc["stock"].isin(json.loads(r["omitted"]))
