@@ -120,3 +120,42 @@ def test_rescoring_the_oracle_from_its_stored_forecast(synth, tmp_path):
     # the omitted stocks' portfolios too: each row rescored on its own omitted set
     np.testing.assert_allclose(free["omitted_sharpe_net"], stored["omitted_sharpe"], rtol=1e-6)
     assert (free["omitted_sharpe_net"] != stored["omitted_sharpe_net"]).all()
+
+
+def test_the_figures_draw_the_oracle_of_their_identity(synth, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rvrae.results import plots
+    from rvrae.results.store import read_results, write_row
+
+    p = synth.panel
+    ident = _identity(p)
+    for r in _model_rows(ident, [0], 0.1).to_dict("records"):
+        write_row(tmp_path, {**r, "ls_gross": [0.01, -0.02, 0.03], "ls_net": [0.0, -0.03, 0.02],
+                             "ls_dates": ["2004-01-01", "2004-02-01", "2004-03-01"]})  # fmt: skip
+    for r in _model_rows(ident, [20], 0.05).to_dict("records"):
+        write_row(tmp_path, r)
+    write_oracle(tmp_path, "benchmark", p, ident, _cells([0, 1], [0]))
+    write_oracle(tmp_path, "robustness", p, ident, _cells([0, 1], [20]))
+    write_oracle(tmp_path, "robustness", p, _identity(p, (2, 1, 1)), _cells([0], [20]))  # no rows: not drawn
+    ok = plots._with_oracle(read_results(tmp_path), tmp_path)
+    assert sorted(ok.loc[ok["model"] == ORACLE, "study"]) == ["benchmark", "robustness", "robustness"]
+    figs = {}
+
+    def keep(fig, name):
+        figs[name] = fig
+        return name
+
+    plots._plot_long_short(ok, plt, keep)
+    plots._plot_rank_ic_by_m(ok, plt, keep)
+    lines = {ln.get_label(): ln for ln in figs["cumulative_long_short"].axes[0].get_lines()}
+    assert set(lines) >= {"IPCA (n = 2)", "Oracle (true model) (n = 1)"}
+    assert lines["Oracle (true model) (n = 1)"].get_linestyle() == "--"
+    labels = figs["rank_ic_by_m"].axes[0].get_legend_handles_labels()[1]
+    assert labels == ["IPCA", "Oracle (true model)"]
+    assert "…)" in figs["rank_ic_by_m"].axes[0].get_title()  # a long design name is cut, not spilled
+    for f in figs.values():
+        plt.close(f)

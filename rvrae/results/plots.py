@@ -66,7 +66,10 @@ def where(rows: pd.DataFrame) -> str:
     first = rows.iloc[0]
     source = str(first.get("data_source") or "")
     split = str(first.get("split") or "")
-    parts = ([f"data {Path(source).name or source}"] if source else []) + ([f"split {split}"] if split else [])
+    name = Path(source).name or source
+    if len(name) > 48:  # a synthetic design names its fields: the table footer has them all
+        name = name[:46] + "…)"
+    parts = ([f"data {name}"] if source else []) + ([f"split {split}"] if split else [])
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -75,6 +78,26 @@ def _one_identity(ok: pd.DataFrame, study: str, identity: int | None) -> pd.Data
     if rows.empty:
         return rows
     return select_identity(rows, identity, one=True, what=f"a {study} figure")[0]
+
+
+def _with_oracle(ok: pd.DataFrame, results_dir: str | Path) -> pd.DataFrame:
+    """The rows plus the planted model's (rvrae.results.oracle) of the study identities the
+    rows have: the figures draw it as a black dashed line, as the tables print its row."""
+    from rvrae.identity import key_of
+    from rvrae.results.oracle import read_oracle
+
+    oracle = read_oracle(results_dir)
+    if oracle.empty or ok.empty:
+        return ok
+    have = {(str(r["study"]), key_of(r)) for r in ok.to_dict("records")}
+    keep = [(str(r["study"]), key_of(r)) in have for r in oracle.to_dict("records")]
+    return pd.concat([ok, oracle[keep].drop(columns=["omitted"])], ignore_index=True)
+
+
+def _style(model: str) -> dict:
+    from rvrae.results.oracle import ORACLE
+
+    return {"color": "black", "ls": "--"} if model == ORACLE else {}
 
 
 def _plot_long_short(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
@@ -94,7 +117,7 @@ def _plot_long_short(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
             if cum is None:
                 continue
             mean = cum.mean(axis=1)
-            (line,) = ax.plot(mean.index, mean, label=f"{model_label(model)} (n = {cum.shape[1]})")
+            (line,) = ax.plot(mean.index, mean, label=f"{model_label(model)} (n = {cum.shape[1]})", **_style(model))
             if cum.shape[1] > 1:  # spread over seeds: ± one std of the cumulative return
                 sd = cum.std(axis=1, ddof=1)
                 ax.fill_between(mean.index, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, lw=0)
@@ -124,7 +147,7 @@ def _plot_rank_ic_by_m(ok: pd.DataFrame, plt, save, identity=None) -> Path | Non
         s = g.loc[model]
         offset = (i - (len(models) - 1) / 2) * 0.01 * max(1, np.ptp(s.index.to_numpy()))  # un-overlap bars
         ax.errorbar(s.index + offset, s["mean"], yerr=s["std"].fillna(0), marker="o", capsize=3,
-                    label=model_label(model))  # fmt: skip
+                    label=model_label(model), **_style(model))  # fmt: skip
     ax.set_xticks(sorted(int(m) for m in g.index.get_level_values(1).unique()))  # the m studied
     ax.set_xlabel("m (stocks omitted from training)")
     ax.set_ylabel("Rank IC on omitted stocks")
@@ -218,7 +241,7 @@ def make_plots(results_dir: str | Path, out_dir: str | Path, fmt: str = "png", i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = ok_rows(read_results(results_dir))
+    ok = _with_oracle(ok_rows(read_results(results_dir)), results_dir)
     for study in ("benchmark", "robustness", "tune"):
         _one_identity(ok, study, identity)  # several identities without a choice: UserError now
     out = Path(out_dir)
