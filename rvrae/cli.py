@@ -136,7 +136,7 @@ def table(
         note = f"Rescored from the stored forecasts of {n} trials: {bps:g} bps, {weighting}-weighted long-short."
     ensembles = seed_ensembles(directory, df, bps / 1e4, weighting) if not metrics else None
     # the planted model's row, where the study generated its synthetic panel (rvrae.results.oracle)
-    oracle = read_oracle(directory, bps / 1e4 if note else None, weighting) if not metrics else None
+    oracle = read_oracle(directory, bps / 1e4 if note else None, weighting)
     tables = build_tables(df, study=study, metrics=metrics.split(",") if metrics else None, identity=identity,
                           ensembles=ensembles, note=note, cost_bps=bps, oracle=oracle)  # fmt: skip
     text = render_tables(tables, fmt, console=console)

@@ -101,6 +101,12 @@ def test_the_oracle_heads_its_identitys_tables_and_is_never_best(synth, tmp_path
     bench = oracle[oracle["study"] == "benchmark"].iloc[0]
     assert t1.frame.loc[ORACLE, ("r2_forecast", 0, "mean")] == pytest.approx(bench["r2_forecast"])
     assert t1.frame.loc[ORACLE, ("r2_total", 0, "n")] == 1
+    # a custom table (--metrics) too; a column the oracle has no value for stays empty
+    (custom,) = build_tables(_model_rows(ident, [20], big).assign(fit_seconds=1.0), study="robustness",
+                             metrics=["omitted_rank_ic", "fit_seconds"], oracle=oracle)  # fmt: skip
+    assert custom.rows == [ORACLE, "ipca"]
+    assert custom.frame.loc[ORACLE, ("omitted_rank_ic", 20, "mean")] == pytest.approx(rob["omitted_rank_ic"].mean())
+    assert custom.frame.loc[ORACLE, ("fit_seconds", 20, "n")] == 0
     # another identity (here: another split) of the same panel gets no oracle row
     other = build_tables(_model_rows(_identity(p, (2, 1, 1)), [0], big), study="benchmark", oracle=oracle)
     assert all(t.rows == ["ipca"] for t in other)

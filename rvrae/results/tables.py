@@ -464,7 +464,7 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
     columns, by model and m) instead of the paper layouts. `ensembles`: seed-ensemble rows
     (rvrae.results.forecasts.seed_ensembles) shown in the benchmark's Tables I and II;
     `oracle`: the planted model's rows (rvrae.results.oracle.read_oracle), the first row of
-    Tables I-III of the identity they belong to. `note` (e.g. what rescoring changed) ends
+    every benchmark and robustness table of the identity they belong to. `note` (e.g. what rescoring changed) ends
     every caption; `cost_bps` is the cost the rows carry."""
     if study is not None:
         df = df[df["study"] == study]
@@ -484,11 +484,11 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
             if s != "tune":
                 ok, ens = _label_ensembles(ok, ens)
             new = _study_tables(ok, s, metrics)
-            orows = _oracle_of(oracle, s, rows) if not metrics else pd.DataFrame()
+            orows = _oracle_of(oracle, s, rows)
             for t in new:
                 if not ens.empty and t.key in ("table1", "table2"):
                     _add_ensemble_rows(t, ens)
-                if not orows.empty and t.key in ("table1", "table2", "table3"):
+                if not orows.empty:  # paper tables and custom (--metrics) tables alike
                     _add_oracle_row(t, orows)
                 t.cost_bps = cost_bps
                 if cost_bps != 30.0:
