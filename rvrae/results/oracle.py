@@ -3,8 +3,9 @@
 A study whose `--data` the driver generates (`synthetic`, `synthetic:DESIGN.json`) knows the
 truth (`panel.meta["oracle"]`, rvrae.data.synthetic.Oracle). The driver scores it once, with
 the trials' own code (`rvrae.study.trainable.evaluate`) on the study's own split and omitted
-sets, and `rvrae table` prints it as the first row of Tables I-III: each model's share of the
-ceiling is then read off the table itself, not from a separate run of `rvrae data synth`.
+sets, and `rvrae table` prints it as the first row of its tables (Tables I-III, `--metrics`):
+each model's share of the ceiling is then read off the table itself, not from a separate run
+of `rvrae data synth`.
 
 The oracle as a forecast: β = the true betas, f_post = the true factors, r̂ = β_t E[f_t | past]
 (its conditional forecast, so "Forecast R²" is the oracle's r2_forecast) and r_std its
