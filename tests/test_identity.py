@@ -39,6 +39,8 @@ def test_a_study_on_a_planted_design(ray_session, tmp_path, capsys):
     df = read_results(tmp_path / "res", "benchmark")
     assert len(df) == 1 and df["status"].iloc[0] == "ok"
     assert df["data_source"].iloc[0].startswith("synthetic(seed=4, n_stocks=60, n_months=60, n_chars=5, n_factors=2")
+    spans = df[["span_r2_1", "span_r2_2"]].iloc[0]  # one per true factor of the design
+    assert ((spans > -1e-9) & (spans <= 1 + 1e-9)).all() and "span_r2_3" not in df.columns
     # the study generated the panel, so it knows the truth: the oracle heads the tables
     assert rvrae_main(["table", str(tmp_path / "res"), "--format", "csv"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -61,6 +63,7 @@ def test_resume_with_other_data_or_split_runs_those_cells(ray_session, tiny_data
     df = read_results(out, "benchmark")
     assert len(df) == 5 and set(df["status"]) == {"ok"}
     assert not (out / "oracle").exists()  # a user's file: no truth to print
+    assert not any(c.startswith("span_r2") for c in df.columns)
     assert set(df["split"]) == {"3/1/1", "2/1/1"} and df["data_source"].str.endswith(".parquet").all()
     assert df["data_fingerprint"].nunique() == 2 and (df["epoch_cap"] == 0).all()
     assert df["resolved_config"].map(lambda c: json.loads(c)["n_factors"]).notna().all()

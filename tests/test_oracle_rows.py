@@ -165,3 +165,23 @@ def test_the_figures_draw_the_oracle_of_their_identity(synth, tmp_path):
     assert "…)" in figs["rank_ic_by_m"].axes[0].get_title()  # a long design name is cut, not spilled
     for f in figs.values():
         plt.close(f)
+
+
+def test_span_r2_says_which_true_factor_the_betas_miss(synth):
+    """Any invertible mix of the true betas spans every factor (R² 1); dropping one factor's
+    column leaves that factor unexplained, its independent neighbour explained; a trial on a
+    planted panel stores one span_r2 per true factor, the oracle's own reading 1."""
+    from rvrae.metrics import span_r2
+    from rvrae.results.oracle import oracle_forecast
+    from rvrae.study.trainable import evaluate
+
+    p, o = synth.panel, synth.oracle
+    m = np.arange(36, 60)
+    mix = np.einsum("tnk,kj->tnj", o.beta[m], np.array([[2.0, 1.0], [-1.0, 0.5]])) + 0.3
+    np.testing.assert_allclose(span_r2(mix, o.beta[m], p.mask[m]), [1.0, 1.0], atol=1e-8)
+    first_only = span_r2(o.beta[m][..., :1], o.beta[m], p.mask[m])
+    assert first_only[0] == pytest.approx(1.0) and first_only[1] < 0.2, first_only
+    train, valid, test = split_by_years(p, *SPLIT)
+    got = evaluate(p, oracle_forecast(o), valid.target_months, test.target_months, np.zeros(0, int))
+    assert [got[f"span_r2_{k}"] for k in (1, 2)] == pytest.approx([1.0, 1.0])
+    assert "span_r2_3" not in got
