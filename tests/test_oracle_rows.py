@@ -102,9 +102,13 @@ def test_the_oracle_heads_its_identitys_tables_and_is_never_best(synth, tmp_path
     assert t1.frame.loc[ORACLE, ("r2_forecast", 0, "mean")] == pytest.approx(bench["r2_forecast"])
     assert t1.frame.loc[ORACLE, ("r2_total", 0, "n")] == 1
     # a custom table (--metrics) too; a column the oracle has no value for stays empty
-    (custom,) = build_tables(_model_rows(ident, [20], big).assign(fit_seconds=1.0), study="robustness",
-                             metrics=["omitted_rank_ic", "fit_seconds"], oracle=oracle)  # fmt: skip
+    (custom,) = build_tables(_model_rows(ident, [20], big).assign(fit_seconds=1.0, span_r2_1=0.5), study="robustness",
+                             metrics=["omitted_rank_ic", "fit_seconds", "span_r2_1"], oracle=oracle)  # fmt: skip
     assert custom.rows == [ORACLE, "ipca"]
+    from rvrae.results.render import render_tables
+
+    md = render_tables([custom], "markdown")
+    assert "β span R², factor 1 (m=20)" in md and "| 1.000(0.000) | 2 |" in md and "0.500(0.000)" in md, md
     assert custom.frame.loc[ORACLE, ("omitted_rank_ic", 20, "mean")] == pytest.approx(rob["omitted_rank_ic"].mean())
     assert custom.frame.loc[ORACLE, ("fit_seconds", 20, "n")] == 0
     # another identity (here: another split) of the same panel gets no oracle row
