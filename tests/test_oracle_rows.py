@@ -143,7 +143,7 @@ def test_the_figures_draw_the_oracle_of_their_identity(synth, tmp_path):
 
     p = synth.panel
     ident = _identity(p)
-    for r in _model_rows(ident, [0], 0.1).to_dict("records"):
+    for r in _model_rows(ident, [0], 0.1).assign(span_r2_1=0.5, span_r2_2=0.25).to_dict("records"):
         write_row(tmp_path, {**r, "ls_gross": [0.01, -0.02, 0.03], "ls_net": [0.0, -0.03, 0.02],
                              "ls_dates": ["2004-01-01", "2004-02-01", "2004-03-01"]})  # fmt: skip
     for r in _model_rows(ident, [20], 0.05).to_dict("records"):
@@ -161,6 +161,13 @@ def test_the_figures_draw_the_oracle_of_their_identity(synth, tmp_path):
 
     plots._plot_long_short(ok, plt, keep)
     plots._plot_rank_ic_by_m(ok, plt, keep)
+    plots._plot_beta_span(ok, plt, keep)
+    from matplotlib.container import BarContainer
+
+    # one model's bars: the oracle (1 by definition) is not drawn
+    (bars,) = [c for c in figs["beta_span"].axes[0].containers if isinstance(c, BarContainer)]
+    assert [b.get_height() for b in bars] == pytest.approx([0.5, 0.25])
+    assert plots._plot_beta_span(ok.drop(columns=["span_r2_1", "span_r2_2"]), plt, keep) is None
     lines = {ln.get_label(): ln for ln in figs["cumulative_long_short"].axes[0].get_lines()}
     assert set(lines) >= {"IPCA (n = 2)", "Oracle (true model) (n = 1)"}
     assert lines["Oracle (true model) (n = 1)"].get_linestyle() == "--"

@@ -156,6 +156,34 @@ def _plot_rank_ic_by_m(ok: pd.DataFrame, plt, save, identity=None) -> Path | Non
     return save(fig, "rank_ic_by_m")
 
 
+def _plot_beta_span(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
+    """On a planted panel: how much of each true factor's betas each model's betas span
+    (`span_r2_<k>`, rvrae.metrics.span_r2), mean ± std over the benchmark's seeds, one group of
+    bars per true factor."""
+    from rvrae.results.oracle import ORACLE
+
+    rows = _one_identity(ok, "benchmark", identity)
+    cols = sorted((c for c in rows.columns if c.startswith("span_r2_") and c[8:].isdigit()), key=lambda c: int(c[8:]))
+    rows = rows[(rows["model"] != ORACLE) & (rows["m"] == 0)] if cols else rows.iloc[0:0]
+    rows = rows.dropna(subset=cols, how="all") if cols else rows
+    if rows.empty:
+        return None
+    models = order_rows(rows["model"].unique())
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols) * max(1, len(models)) / 3, 4))
+    width = 0.8 / len(models)
+    x = np.arange(len(cols))
+    for i, model in enumerate(models):
+        v = rows.loc[rows["model"] == model, cols].astype(float)
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, v.mean(), width, yerr=v.std(ddof=1).fillna(0),
+               capsize=2, label=model_label(model))  # fmt: skip
+    ax.set_xticks(x, [f"factor {c[8:]}" for c in cols])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("R² of the true betas on the model's β")
+    ax.set_title("Which true factor the betas span (test months)" + where(rows), fontsize=9, wrap=True)
+    ax.legend(fontsize=8)
+    return save(fig, "beta_span")
+
+
 def _plot_tune_history(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
     from matplotlib.ticker import MaxNLocator
 
@@ -255,7 +283,7 @@ def make_plots(results_dir: str | Path, out_dir: str | Path, fmt: str = "png", i
         plt.close(fig)
         return path
 
-    figures = (_plot_long_short, _plot_rank_ic_by_m, _plot_tune_history, _plot_learning_curves)
+    figures = (_plot_long_short, _plot_rank_ic_by_m, _plot_beta_span, _plot_tune_history, _plot_learning_curves)
     paths = [p for p in (f(ok, plt, save, identity) for f in figures) if p]
     if not paths:
         if created:
