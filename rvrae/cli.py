@@ -128,7 +128,8 @@ def table(
         one_identity_per_study(df, "one csv")
     bps = 30.0 if cost is None else float(cost)
     note = ""
-    if rescore or cost is not None or weighting != "equal":
+    rescoring = rescore or cost is not None or weighting != "equal"
+    if rescoring:
         df, n = rescore_rows(directory, df, bps / 1e4, weighting)
         if n == 0:
             raise UserError(f"--rescore: no stored forecasts under {str(Path(directory) / 'forecasts')!r} "
@@ -136,7 +137,7 @@ def table(
         note = f"Rescored from the stored forecasts of {n} trials: {bps:g} bps, {weighting}-weighted long-short."
     ensembles = seed_ensembles(directory, df, bps / 1e4, weighting) if not metrics else None
     # the planted model's row, where the study generated its synthetic panel (rvrae.results.oracle)
-    oracle = read_oracle(directory, bps / 1e4 if note else None, weighting)
+    oracle = read_oracle(directory, bps / 1e4 if rescoring else None, weighting)
     tables = build_tables(df, study=study, metrics=metrics.split(",") if metrics else None, identity=identity,
                           ensembles=ensembles, note=note, cost_bps=bps, oracle=oracle)  # fmt: skip
     text = render_tables(tables, fmt, console=console)

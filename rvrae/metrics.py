@@ -63,6 +63,15 @@ def r2_beta(ret, beta, mask) -> float:
     return r2(ret, np.einsum("tnk,tk->tn", b, ls_factors(b, ret, mask)), mask)
 
 
+SPAN_PREFIX = "span_r2_"  # results columns span_r2_<k>, k = 1..K_true (`span_r2`)
+
+
+def span_factor(column: str) -> str | None:
+    """The true factor number k of a `span_r2_<k>` column, else None."""
+    k = column[len(SPAN_PREFIX):] if column.startswith(SPAN_PREFIX) else ""
+    return k if k.isdigit() else None
+
+
 def span_r2(beta, beta_true, mask, ridge: float = 1e-10) -> np.ndarray:
     """[K_true]: for each true factor k, the R² of a month-by-month least-squares regression
     of its true betas on [1, β̂_t] (centred within the month, pooled over masked stock-months):

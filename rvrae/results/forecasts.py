@@ -171,11 +171,13 @@ class _Fitted:
         self.lam = np.tile(np.array([0.0, 1.0]), (t, 1))
 
 
-def scores(df: pd.DataFrame, n_stocks: int, cost: float = COST, weighting: str = "equal") -> dict[str, float]:
+def scores(df: pd.DataFrame, n_stocks: int, cost: float = COST, weighting: str = "equal",
+           parts: tuple[str, ...] = ("valid_", "", "omitted_")) -> dict[str, float]:
     """Every metric of a results row (valid_*, test, omitted_*) from one trial's forecast rows,
     as rvrae.study.trainable.evaluate computes them (but NOT_RESCORED); `cost` per unit of
     turnover and the long-short `weighting` ("value": legs weighted by a `size` column) may
-    differ from 30 bps equal-weighted."""
+    differ from 30 bps equal-weighted. `parts`: which of the prefixes "valid_", "" (test) and
+    "omitted_" to score (all by default)."""
     if weighting not in ("equal", "value"):
         raise UserError(f"--weighting must be equal or value, got {weighting!r}")
     if weighting == "value" and "size" not in df.columns:
@@ -183,6 +185,8 @@ def scores(df: pd.DataFrame, n_stocks: int, cost: float = COST, weighting: str =
                         "these have none (the panel carries no size variable): use --weighting equal")  # fmt: skip
     out: dict[str, float] = {}
     for prefix, split, only_omitted in (("valid_", "valid", False), ("", "test", False), ("omitted_", "test", True)):
+        if prefix not in parts:
+            continue
         sub = df[df["split"] == split]
         if only_omitted and not sub["omitted"].any():
             continue

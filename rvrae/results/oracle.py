@@ -64,7 +64,7 @@ def write_oracle(out_dir: str | Path, study: str, panel, identity, cells: list[d
     from rvrae.data.panel import omit_stocks, split_by_years
     from rvrae.results.forecasts import forecast_table, to_bytes
     from rvrae.results.store import atomic_write
-    from rvrae.study.trainable import evaluate
+    from rvrae.study.trainable import evaluate, evaluate_omitted
 
     oracle = panel.meta.get("oracle")
     if oracle is None or study not in ORACLE_STUDIES or not cells:
@@ -78,12 +78,14 @@ def write_oracle(out_dir: str | Path, study: str, panel, identity, cells: list[d
         pairs |= {(int(s), int(m)) for s, m in zip(old["seed"], old["m"])}
     except (OSError, ValueError, KeyError, pa.ArrowException):  # none yet (or unreadable: rewritten)
         pass
+    # every metric but the omitted stocks' is the same in every cell: scored once
+    base = evaluate(panel, fc, valid.target_months, test.target_months, np.zeros(0, dtype=np.int64))
     rows = []
     for seed, m in sorted(pairs):
         omitted = omit_stocks(train, test, m, seed)
         rows.append({**identity.columns(), "study": study, "model": ORACLE, "seed": seed, "m": m, "status": "ok",
-                     "omitted": json.dumps([int(i) for i in omitted]),
-                     **evaluate(panel, fc, valid.target_months, test.target_months, omitted)})  # fmt: skip
+                     "omitted": json.dumps([int(i) for i in omitted]), **base,
+                     **evaluate_omitted(panel, fc, test.target_months, omitted)})  # fmt: skip
     stem.parent.mkdir(parents=True, exist_ok=True)
     table = forecast_table(panel, fc, valid.target_months, test.target_months, np.zeros(0, dtype=np.int64))
     data = to_bytes(table)
@@ -111,9 +113,11 @@ def read_oracle(out_dir: str | Path, cost: float | None = None, weighting: str =
         if cost is not None:
             fc, n_stocks = read_forecast_file(path.with_name(path.name.replace(".parquet", ".forecast.parquet")))
             rows = rows.copy()
+            shared = scores(fc, n_stocks, cost=cost, weighting=weighting, parts=("valid_", ""))  # every cell's
             for i, r in rows.iterrows():
                 fc["omitted"] = fc["stock"].isin(json.loads(r["omitted"]))
-                for k, v in scores(fc, n_stocks, cost=cost, weighting=weighting).items():
+                mine = scores(fc, n_stocks, cost=cost, weighting=weighting, parts=("omitted_",))
+                for k, v in {**shared, **mine}.items():
                     rows.loc[i, k] = v
         frames.append(rows)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -26,7 +26,8 @@ import pandas as pd
 from rvrae.errors import UserError
 from rvrae.results.render import model_label
 from rvrae.results.store import read_results
-from rvrae.results.tables import ok_rows, order_rows, select_identity, tune_objective
+from rvrae.metrics import span_factor
+from rvrae.results.tables import identities, of_identities, ok_rows, order_rows, select_identity, tune_objective
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -83,15 +84,10 @@ def _one_identity(ok: pd.DataFrame, study: str, identity: int | None) -> pd.Data
 def _with_oracle(ok: pd.DataFrame, results_dir: str | Path) -> pd.DataFrame:
     """The rows plus the planted model's (rvrae.results.oracle) of the study identities the
     rows have: the figures draw it as a black dashed line, as the tables print its row."""
-    from rvrae.identity import key_of
     from rvrae.results.oracle import read_oracle
 
-    oracle = read_oracle(results_dir)
-    if oracle.empty or ok.empty:
-        return ok
-    have = {(str(r["study"]), key_of(r)) for r in ok.to_dict("records")}
-    keep = [(str(r["study"]), key_of(r)) in have for r in oracle.to_dict("records")]
-    return pd.concat([ok, oracle[keep].drop(columns=["omitted"])], ignore_index=True)
+    oracle = of_identities(read_oracle(results_dir), identities(ok))
+    return pd.concat([ok, oracle.drop(columns=["omitted"])], ignore_index=True) if len(oracle) else ok
 
 
 def _style(model: str) -> dict:
@@ -163,9 +159,10 @@ def _plot_beta_span(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
     from rvrae.results.oracle import ORACLE
 
     rows = _one_identity(ok, "benchmark", identity)
-    cols = sorted((c for c in rows.columns if c.startswith("span_r2_") and c[8:].isdigit()), key=lambda c: int(c[8:]))
-    rows = rows[(rows["model"] != ORACLE) & (rows["m"] == 0)] if cols else rows.iloc[0:0]
-    rows = rows.dropna(subset=cols, how="all") if cols else rows
+    cols = sorted((c for c in rows.columns if span_factor(c)), key=lambda c: int(span_factor(c)))
+    if not cols:
+        return None
+    rows = rows[(rows["model"] != ORACLE) & (rows["m"] == 0)].dropna(subset=cols, how="all")
     if rows.empty:
         return None
     models = order_rows(rows["model"].unique())
@@ -176,7 +173,7 @@ def _plot_beta_span(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
         v = rows.loc[rows["model"] == model, cols].astype(float)
         ax.bar(x + (i - (len(models) - 1) / 2) * width, v.mean(), width, yerr=v.std(ddof=1).fillna(0),
                capsize=2, label=model_label(model))  # fmt: skip
-    ax.set_xticks(x, [f"factor {c[8:]}" for c in cols])
+    ax.set_xticks(x, [f"factor {span_factor(c)}" for c in cols])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("R² of the true betas on the model's β")
     ax.set_title("Which true factor the betas span (test months)" + where(rows), fontsize=9, wrap=True)

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from rvrae.errors import UserError
+from rvrae.metrics import span_factor
 from rvrae.results.tables import ENSEMBLE, Table, base_metric
 
 FORMATS = ("rich", "markdown", "latex", "csv")
@@ -46,7 +47,7 @@ _PREFIX = {"valid_": ("valid ", "valid "), "omitted_": ("omitted ", "omitted ")}
 
 def _decimals(metric: str) -> int | None:
     b = base_metric(metric)
-    if b.startswith("span_r2_"):  # an R² in [0, 1], not a percent
+    if span_factor(b):  # an R² in [0, 1], not a percent
         return 3
     if b.startswith("r2") or b.startswith("sharpe") or b == "turnover":
         return 2
@@ -73,8 +74,8 @@ def metric_label(metric: str, table: Table, latex: bool = False) -> str:
             base = metric[len(pre):]
     if base in METRIC_LABELS:
         label = prefix + METRIC_LABELS[base][i].replace("30 bps", f"{table.cost_bps:g} bps")  # --cost
-    elif base.startswith("span_r2_") and base[8:].isdigit():  # rvrae.metrics.span_r2
-        label = prefix + (f"β span R², factor {base[8:]}" if not latex else rf"$\beta$ span $R^2$, factor {base[8:]}")
+    elif k := span_factor(base):  # rvrae.metrics.span_r2
+        label = prefix + (rf"$\beta$ span $R^2$, factor {k}" if latex else f"β span R², factor {k}")
     else:
         label = _tex_escape(metric) if latex else metric
     if table.scale.get(metric) == 100.0:

@@ -364,14 +364,17 @@ def _config_rows(ok: pd.DataFrame) -> pd.DataFrame:
     return ok
 
 
-def _ensembles_of(ensembles: pd.DataFrame | None, study: str, rows: pd.DataFrame) -> pd.DataFrame:
-    """The seed-ensemble rows (rvrae.results.forecasts.seed_ensembles) of one study and
-    identity group."""
-    if ensembles is None or ensembles.empty:
+def identities(rows: pd.DataFrame) -> set[tuple]:
+    """The (study, identity key) pairs of some rows."""
+    return {(str(r["study"]), key_of(r)) for r in rows.to_dict("records")}
+
+
+def of_identities(frame: pd.DataFrame | None, pairs: set[tuple]) -> pd.DataFrame:
+    """The rows of `frame` (seed-ensemble rows, the oracle's: rows kept beside the trials)
+    whose (study, identity key) is one of `pairs`; empty when `frame` is None or empty."""
+    if frame is None or frame.empty:
         return pd.DataFrame()
-    key = key_of(rows.iloc[0])
-    same = [str(r["study"]) == study and key_of(r) == key for r in ensembles.to_dict("records")]
-    return ensembles[same]
+    return frame[[(str(r["study"]), key_of(r)) in pairs for r in frame.to_dict("records")]]
 
 
 def _label_ensembles(ok: pd.DataFrame, ens: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -415,15 +418,6 @@ def _add_ensemble_rows(t: Table, ens: pd.DataFrame) -> None:
     t.frame = frame
     t.caption += (f" Rows '({ENSEMBLE})': scored once on the mean forecast over the model's n seeds "
                   "(from the stored forecasts), beside the mean(std) over seeds.")  # fmt: skip
-
-
-def _oracle_of(oracle: pd.DataFrame | None, study: str, rows: pd.DataFrame) -> pd.DataFrame:
-    """The oracle rows (rvrae.results.oracle) of one study and identity group."""
-    if oracle is None or oracle.empty:
-        return pd.DataFrame()
-    key = key_of(rows.iloc[0])
-    same = [str(r["study"]) == study and key_of(r) == key for r in oracle.to_dict("records")]
-    return oracle[same]
 
 
 def _add_oracle_row(t: Table, orows: pd.DataFrame) -> None:
@@ -480,11 +474,12 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
             if ok.empty:
                 failed.append(s)
                 continue
-            ens = _ensembles_of(ensembles, s, rows) if s == "benchmark" and not metrics else pd.DataFrame()
+            group = {(s, key_of(rows.iloc[0]))}  # this study and identity
+            ens = of_identities(ensembles, group) if s == "benchmark" and not metrics else pd.DataFrame()
             if s != "tune":
                 ok, ens = _label_ensembles(ok, ens)
             new = _study_tables(ok, s, metrics)
-            orows = _oracle_of(oracle, s, rows)
+            orows = of_identities(oracle, group)
             for t in new:
                 if not ens.empty and t.key in ("table1", "table2"):
                     _add_ensemble_rows(t, ens)

@@ -87,7 +87,7 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
     """Every metric of SPEC §4/§6 from one all-months forecast. `fc.months` = 0..T-1. On a
     planted panel (`panel.meta["oracle"]`) also `span_r2_<k>`, k = 1..K_true: the test months'
     R² of each true factor's betas on the model's (`rvrae.metrics.span_r2`)."""
-    from rvrae.metrics import long_short, score, span_r2
+    from rvrae.metrics import SPAN_PREFIX, long_short, score, span_r2
     from rvrae.models.base import prevailing_mean
 
     lam = prevailing_mean(fc.f_post)  # eq. 33: mean of f_post over every earlier month
@@ -95,21 +95,32 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
     for prefix, months in (("valid_", valid_months), ("", test_months)):
         s = score(panel.ret[months], panel.mask[months], _take(fc, months), lam[months])
         out.update({prefix + k: float(v) for k, v in s.items()})
-    if len(omitted):
-        mask = np.zeros_like(panel.mask[test_months])
-        mask[:, omitted] = panel.mask[test_months][:, omitted]  # omitted stocks only
-        s = score(panel.ret[test_months], mask, _take(fc, test_months), lam[test_months])
-        out.update({"omitted_" + k: float(v) for k, v in s.items()})
+    out.update(evaluate_omitted(panel, fc, test_months, omitted, lam))
     oracle = panel.meta.get("oracle")
     if oracle is not None:  # a planted panel: how much of each true factor the betas span
         m = np.asarray(test_months)
         for k, v in enumerate(span_r2(fc.beta[m], oracle.beta[m], panel.mask[m]), start=1):
-            out[f"span_r2_{k}"] = float(v)
+            out[f"{SPAN_PREFIX}{k}"] = float(v)
     ls = long_short(fc.r_hat[test_months], panel.ret[test_months], panel.mask[test_months])
     out["ls_gross"] = json.dumps([float(x) for x in np.asarray(ls["gross"])])
     out["ls_net"] = json.dumps([float(x) for x in np.asarray(ls["net"])])
     out["ls_dates"] = json.dumps([str(d) for d in panel.dates[test_months]])
     return out
+
+
+def evaluate_omitted(panel, fc, test_months, omitted, lam=None) -> dict:
+    """The `omitted_*` metrics of `evaluate`: the test months scored on the omitted stocks
+    only ({} when none are omitted). `lam`: the prevailing mean of f_post, if already made."""
+    from rvrae.metrics import score
+    from rvrae.models.base import prevailing_mean
+
+    if not len(omitted):
+        return {}
+    lam = prevailing_mean(fc.f_post) if lam is None else lam
+    mask = np.zeros_like(panel.mask[test_months])
+    mask[:, omitted] = panel.mask[test_months][:, omitted]  # omitted stocks only
+    s = score(panel.ret[test_months], mask, _take(fc, test_months), lam[test_months])
+    return {"omitted_" + k: float(v) for k, v in s.items()}
 
 
 def trial_device(gpu_ids: list, cuda_available: bool) -> str:
