@@ -109,6 +109,9 @@ def table(
     weighting: str = typer.Option(
         "equal", help="long-short legs: equal, or value (needs a 'size' column in the forecasts); value implies --rescore"
     ),
+    share: bool = typer.Option(
+        False, "--share", help="on a planted panel, each cell also gives its share of the oracle's mean [in brackets]"
+    ),
 ):
     """Paper-style mean(std) tables over seeds from a results folder, one set per study
     identity, each saying under it what produced it; benchmark tables add a seed-ensemble row
@@ -139,7 +142,10 @@ def table(
     # the planted model's row, where the study generated its synthetic panel (rvrae.results.oracle)
     oracle = read_oracle(directory, bps / 1e4 if rescoring else None, weighting)
     tables = build_tables(df, study=study, metrics=metrics.split(",") if metrics else None, identity=identity,
-                          ensembles=ensembles, note=note, cost_bps=bps, oracle=oracle)  # fmt: skip
+                          ensembles=ensembles, note=note, cost_bps=bps, oracle=oracle, share=share)  # fmt: skip
+    if share and not any(t.share for t in tables):
+        raise UserError(f"--share: no oracle rows in {str(directory)!r} (only a study that generates its synthetic "
+                        "panel, --data synthetic[:DESIGN.json], writes them)")  # fmt: skip
     text = render_tables(tables, fmt, console=console)
     if text:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")

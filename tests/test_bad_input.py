@@ -186,6 +186,8 @@ def test_rvrae_table_and_plot(existing_out, tmp_path, capsys):
     assert "benchmark" in err
     err = _run(rvrae_main, ["table", str(existing_out), "--metrics", "no_such_metric"], capsys)
     assert "no_such_metric" in err
+    err = _run(rvrae_main, ["table", str(existing_out), "--share"], capsys)  # a user's file: no truth
+    assert "--share" in err and "oracle" in err
     err = _run(rvrae_main, ["plot", str(tmp_path / "no_such_dir"), "--out", str(tmp_path / "figs")], capsys)
     assert "does not exist" in err and not (tmp_path / "figs").exists()
     err = _run(rvrae_main, ["data", "check", str(tmp_path)], capsys)

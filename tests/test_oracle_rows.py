@@ -117,6 +117,39 @@ def test_the_oracle_heads_its_identitys_tables_and_is_never_best(synth, tmp_path
     assert all(t.rows == ["ipca"] for t in build_tables(_model_rows(ident, [0], big), study="benchmark"))
 
 
+def test_share_of_the_oracle(synth, tmp_path):
+    """`rvrae table --share`: each model cell's mean over the oracle's, in R², IC and Sharpe
+    columns where the oracle's is positive; in every format; nothing without an oracle row."""
+    from rvrae.results.render import render_tables
+
+    p = synth.panel
+    ident = _identity(p)
+    write_oracle(tmp_path, "benchmark", p, ident, _cells([0, 1], [0]))
+    oracle = read_oracle(tmp_path)
+    rows = _model_rows(ident, [0], 0.05).assign(coverage90=0.85)
+    t1, t2 = build_tables(rows, study="benchmark", oracle=oracle, share=True)
+    o = oracle.iloc[0]
+    assert o["r2_total"] > 0 and o["sharpe"] > 0
+    assert t1.share[("ipca", "r2_total", 0)] == pytest.approx(0.05 / o["r2_total"])
+    assert t2.share[("ipca", "sharpe", 0)] == pytest.approx(1.0 / o["sharpe"])
+    assert not any(r == ORACLE for r, _, _ in t1.share)  # the ceiling has no share of itself
+    neg = oracle.assign(r2_pred=-0.01)  # a ceiling at or below zero: no share
+    (n1, _) = build_tables(rows, study="benchmark", oracle=neg, share=True)
+    assert ("ipca", "r2_pred", 0) not in n1.share and ("ipca", "r2_total", 0) in n1.share
+    (custom,) = build_tables(rows, study="benchmark", metrics=["r2_total", "coverage90"], oracle=oracle, share=True)
+    assert set(custom.share) == {("ipca", "r2_total", 0)}  # coverage is a target, not a score
+    want = f"[{0.05 / o['r2_total']:.0%}]"
+    assert want in render_tables([t1], "markdown") and want in render_tables([t1], "latex").replace(r"\%", "%")
+    csv = render_tables([t1], "csv").splitlines()
+    assert csv[0].endswith(",share_of_oracle")
+    line = next(x for x in csv if x.startswith("benchmark,ipca,0,r2_total,"))
+    assert float(line.split(",")[-1]) == pytest.approx(0.05 / o["r2_total"])
+    plain = build_tables(rows, study="benchmark", oracle=oracle)  # without share=True: as before
+    cells = [x for x in render_tables(plain, "markdown").splitlines() if x.startswith("| IPCA")]
+    assert not any(t.share for t in plain) and len(cells) == 2 and not any("[" in x for x in cells)
+    assert not any(t.share for t in build_tables(rows, study="benchmark", share=True))  # no oracle
+
+
 def test_rescoring_the_oracle_from_its_stored_forecast(synth, tmp_path):
     p = synth.panel
     write_oracle(tmp_path, "robustness", p, _identity(p), _cells([0, 1], [20]))

@@ -101,6 +101,8 @@ def _cell(table: Table, row: str, metric: str, m: int) -> dict[str, Any]:
         text = fmt_number(metric, mean, scale)
     else:
         text = f"{fmt_number(metric, mean, scale)}({fmt_number(metric, std, scale)})"
+    if (share := table.share.get((row, metric, m))) is not None:  # rvrae table --share
+        text += f" [{share:.0%}]"
     return {"text": text, "sig": bool(f[(metric, m, "sig")]), "best": bool(f[(metric, m, "best")]), "n": n}
 
 
@@ -197,7 +199,8 @@ def _num(x: float) -> str:
 def _csv(tables: list[Table]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["study", "model", "m", "metric", "mean", "std", "n"])
+    shares = any(t.share for t in tables)  # --share: one more column, share of the oracle's mean
+    w.writerow(["study", "model", "m", "metric", "mean", "std", "n"] + (["share_of_oracle"] if shares else []))
     seen = set()
     for t in tables:
         for r in t.rows:
@@ -208,7 +211,8 @@ def _csv(tables: list[Table]) -> str:
                 if key in seen or n == 0:
                     continue
                 seen.add(key)
-                w.writerow([t.study, r, m, metric, _num(f[(metric, m, "mean")]), _num(f[(metric, m, "std")]), n])
+                row = [t.study, r, m, metric, _num(f[(metric, m, "mean")]), _num(f[(metric, m, "std")]), n]
+                w.writerow(row + ([_num(t.share.get((r, metric, m), math.nan))] if shares else []))
     return buf.getvalue()
 
 

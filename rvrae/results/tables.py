@@ -42,6 +42,11 @@ STUDY_ORDER = ("tune", "benchmark", "robustness", "speed")
 TUNE_OBJECTIVE = "valid_rank_ic"  # the tune study's default objective (SPEC §5)
 SIG_TEST = "paired t-test over seeds vs RVRAE (scipy.stats.ttest_rel, two-sided), p < 0.05"
 ENSEMBLE = "seed ensemble"  # row label suffix of a model's seed-ensemble row (benchmark tables)
+# Metrics a model's share of the oracle's is read on (`rvrae table --share`): higher is better
+# and the oracle's value is the ceiling. Not coverage (a target, 0.9), turnover, NLL, span_r2
+# (the oracle's is 1, so the value is its own share) or provenance columns.
+SHARE_METRICS = ("r2_total", "r2_pred", "r2_forecast", "r2_beta", "ic", "icir", "rank_ic", "rank_icir",
+                 "sharpe", "sharpe_net")  # fmt: skip
 
 
 def base_metric(metric: str) -> str:
@@ -88,6 +93,7 @@ class Table:
     row_label: str = "Model"  # header of the row-key column ("Case" for speed studies)
     footer: str = ""  # what produced the rows (data, split, epochs, config source, n)
     cost_bps: float = 30.0  # the long-short cost the rows carry (`rvrae table --cost`)
+    share: dict[tuple[str, str, int], float] = field(default_factory=dict)  # (row, metric, m) -> share of the oracle's mean
 
     @property
     def rows(self) -> list[str]:
@@ -450,15 +456,38 @@ def _add_oracle_row(t: Table, orows: pd.DataFrame) -> None:
                   "each model's share against, never marked best.")  # fmt: skip
 
 
+def add_oracle_share(t: Table) -> None:
+    """Each model row's mean as a share of the oracle row's mean in the same column
+    (`Table.share`), for `SHARE_METRICS` where the oracle's mean is positive: a share of a
+    negative or zero ceiling reads as nothing. The table must hold the oracle's row."""
+    from rvrae.results.oracle import ORACLE
+
+    if ORACLE not in t.frame.index:
+        return
+    for metric, m in t.cells:
+        ceiling = float(t.frame.loc[ORACLE, (metric, m, "mean")])
+        if base_metric(metric) not in SHARE_METRICS or not (math.isfinite(ceiling) and ceiling > 0):
+            continue
+        for r in t.rows:
+            v = float(t.frame.loc[r, (metric, m, "mean")])
+            if r != ORACLE and math.isfinite(v):
+                t.share[(r, metric, m)] = v / ceiling
+    if t.share:
+        t.caption += (" Percent in brackets: the row's mean as a share of the oracle's in that column "
+                      "(R², IC and Sharpe columns, where the oracle's is positive).")  # fmt: skip
+
+
 def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] | None = None,
                  identity: int | None = None, ensembles: pd.DataFrame | None = None,
-                 note: str = "", cost_bps: float = 30.0, oracle: pd.DataFrame | None = None) -> list[Table]:  # fmt: skip
+                 note: str = "", cost_bps: float = 30.0, oracle: pd.DataFrame | None = None,
+                 share: bool = False) -> list[Table]:  # fmt: skip
     """Tables for one study or every study present, one set per study identity (or only
     identity number `identity`); `metrics` asks for a custom table (mean(std) of those
     columns, by model and m) instead of the paper layouts. `ensembles`: seed-ensemble rows
     (rvrae.results.forecasts.seed_ensembles) shown in the benchmark's Tables I and II;
     `oracle`: the planted model's rows (rvrae.results.oracle.read_oracle), the first row of
-    every benchmark and robustness table of the identity they belong to. `note` (e.g. what rescoring changed) ends
+    every benchmark and robustness table of the identity they belong to; `share`: each row's
+    cells also give their share of the oracle's (`add_oracle_share`). `note` (e.g. what rescoring changed) ends
     every caption; `cost_bps` is the cost the rows carry."""
     if study is not None:
         df = df[df["study"] == study]
@@ -485,6 +514,8 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
                     _add_ensemble_rows(t, ens)
                 if not orows.empty:  # paper tables and custom (--metrics) tables alike
                     _add_oracle_row(t, orows)
+                    if share:
+                        add_oracle_share(t)
                 t.cost_bps = cost_bps
                 if cost_bps != 30.0:
                     t.caption = t.caption.replace("30 bps", f"{cost_bps:g} bps")
