@@ -21,6 +21,7 @@ def test_demo_runs_both_grids_and_prints_tables(ray_session, tmp_path):
         assert title in text
     # a table row of each model: "CA" as its own first cell (a substring of "IPCA" would not do)
     assert re.search(r"^\W*IPCA\b", text, re.M) and re.search(r"^\W*CA\b", text, re.M)
+    assert re.search(r"^\W*IPCA\W.*\d\.\d\d \[-?\d+%\]", text, re.M)  # a model's share of the oracle's
 
     again = Console(record=True, width=200)
     assert run_demo(out=out, seeds=1, epochs=1, console=again, models=["ipca", "ca"]) == {

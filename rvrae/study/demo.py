@@ -74,7 +74,7 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 8, 
     for study in ("benchmark", "robustness"):
         rows = read_results(out, study=study)
         ensembles = seed_ensembles(out, rows) if study == "benchmark" else None
-        tables = build_tables(rows, study=study, ensembles=ensembles, oracle=read_oracle(out))
+        tables = build_tables(rows, study=study, ensembles=ensembles, oracle=read_oracle(out), share=True)
         text = render_tables(tables, "rich", console=console)
         if text:
             console.print(text)
