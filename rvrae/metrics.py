@@ -72,6 +72,17 @@ def span_factor(column: str) -> str | None:
     return k if k.isdigit() else None
 
 
+def _on_span(beta, y, mask, ridge: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, w): the month-by-month least-squares fit of y [t, n, k] on [1, β̂_t] over the
+    masked stocks (every month in one batched solve), and the mask as weights [t, n, 1]."""
+    w = np.asarray(mask, dtype=bool)[..., None].astype(np.float64)
+    x = np.concatenate([np.ones_like(w), _f64(beta)], axis=-1) * w  # [t, n, 1 + K]
+    y = _f64(y) * w
+    xtx = np.einsum("tnp,tnq->tpq", x, x) + ridge * np.eye(x.shape[-1])
+    coef = np.linalg.solve(xtx, np.einsum("tnp,tnk->tpk", x, y))
+    return np.einsum("tnp,tpk->tnk", x, coef), w
+
+
 def span_r2(beta, beta_true, mask, ridge: float = 1e-10) -> np.ndarray:
     """[K_true]: for each true factor k, the R² of a month-by-month least-squares regression
     of its true betas on [1, β̂_t] (centred within the month, pooled over masked stock-months):
@@ -79,17 +90,28 @@ def span_r2(beta, beta_true, mask, ridge: float = 1e-10) -> np.ndarray:
     A planted panel only (the truth is known); the diagnostic behind "Where Rank IC is lost"
     in the README (RVRAE's betas span the small priced factor at 0.55-0.67, CA's at 0.84-0.89)."""
     mask = np.asarray(mask, dtype=bool)
-    w = mask[..., None].astype(np.float64)
-    x = np.concatenate([np.ones_like(w), _f64(beta)], axis=-1) * w  # [t, n, 1 + K]
-    y = _f64(beta_true) * w  # [t, n, K_true]
-    xtx = np.einsum("tnp,tnq->tpq", x, x) + ridge * np.eye(x.shape[-1])
-    coef = np.linalg.solve(xtx, np.einsum("tnp,tnk->tpk", x, y))  # every month at once
-    resid = (y - np.einsum("tnp,tpk->tnk", x, coef)) * w
+    fit, w = _on_span(beta, beta_true, mask, ridge)
+    y = _f64(beta_true) * w
+    resid = (y - fit) * w
     n = np.maximum(mask.sum(axis=1), 1)[:, None]  # [t, 1]
     centred = (y - (y.sum(axis=1) / n)[:, None, :]) * w
     den = np.sum(centred * centred, axis=(0, 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, 1.0 - np.sum(resid * resid, axis=(0, 1)) / den, np.nan)
+
+
+SPAN_RANK_IC = "rank_ic_span"  # results column (`span_rank_ic`)
+
+
+def span_rank_ic(beta, r_hat_true, ret, mask, ridge: float = 1e-10) -> float:
+    """The Rank IC its betas allow a model: the mean monthly Rank IC against `ret` of the
+    true expected return `r_hat_true` [t, n] (a planted panel's β_t E(f_t | past)) projected
+    each month on [1, β̂_t]. Premia and forecaster aside, no r̂ = β̂ f̂ ranks the true expected
+    return better than its projection (up to the noise in ranking against realised returns).
+    A model's Rank IC well below it loses in its premia or forecast; a low value means its
+    betas miss the priced factors (`span_r2` says which). The oracle's equals its Rank IC."""
+    fit, _ = _on_span(beta, _f64(r_hat_true)[..., None], mask, ridge)
+    return _nanmean(ic_series(fit[..., 0], ret, mask, rank=True))
 
 
 def r2_pred(ret, beta, lam, mask) -> float:

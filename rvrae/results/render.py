@@ -36,6 +36,7 @@ METRIC_LABELS = {
     "icir": ("ICIR", "ICIR"),
     "rank_ic": ("Rank IC", "Rank IC"),
     "rank_icir": ("Rank ICIR", "Rank ICIR"),
+    "rank_ic_span": ("β-span Rank IC", r"$\beta$-span Rank IC"),  # the Rank IC the betas allow
     "sharpe": ("Sharpe", "Sharpe"),
     "sharpe_net": ("Sharpe (30 bps)", "Sharpe (30 bps)"),
     "turnover": ("Turnover", "Turnover"),

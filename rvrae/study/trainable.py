@@ -86,8 +86,9 @@ def _take(fc, idx: np.ndarray):
 def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
     """Every metric of SPEC §4/§6 from one all-months forecast. `fc.months` = 0..T-1. On a
     planted panel (`panel.meta["oracle"]`) also `span_r2_<k>`, k = 1..K_true: the test months'
-    R² of each true factor's betas on the model's (`rvrae.metrics.span_r2`)."""
-    from rvrae.metrics import SPAN_PREFIX, long_short, score, span_r2
+    R² of each true factor's betas on the model's (`rvrae.metrics.span_r2`), and
+    `rank_ic_span`: the Rank IC the model's betas allow (`rvrae.metrics.span_rank_ic`)."""
+    from rvrae.metrics import SPAN_PREFIX, SPAN_RANK_IC, long_short, score, span_r2, span_rank_ic
     from rvrae.models.base import prevailing_mean
 
     lam = prevailing_mean(fc.f_post)  # eq. 33: mean of f_post over every earlier month
@@ -101,6 +102,7 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
         m = np.asarray(test_months)
         for k, v in enumerate(span_r2(fc.beta[m], oracle.beta[m], panel.mask[m]), start=1):
             out[f"{SPAN_PREFIX}{k}"] = float(v)
+        out[SPAN_RANK_IC] = span_rank_ic(fc.beta[m], oracle.r_hat[m], panel.ret[m], panel.mask[m])
     ls = long_short(fc.r_hat[test_months], panel.ret[test_months], panel.mask[test_months])
     out["ls_gross"] = json.dumps([float(x) for x in np.asarray(ls["gross"])])
     out["ls_net"] = json.dumps([float(x) for x in np.asarray(ls["net"])])
