@@ -117,7 +117,7 @@ def table(
     identity, each saying under it what produced it; benchmark tables add a seed-ensemble row
     per model (the mean forecast over its seeds) where forecasts are stored."""
     from rvrae.results.forecasts import rescore_rows, seed_ensembles
-    from rvrae.results.oracle import read_oracle
+    from rvrae.results.oracle import ORACLE, read_oracle
     from rvrae.results.render import render_tables
     from rvrae.results.store import read_results
     from rvrae.results.tables import build_tables, one_identity_per_study
@@ -143,7 +143,7 @@ def table(
     oracle = read_oracle(directory, bps / 1e4 if rescoring else None, weighting)
     tables = build_tables(df, study=study, metrics=metrics.split(",") if metrics else None, identity=identity,
                           ensembles=ensembles, note=note, cost_bps=bps, oracle=oracle, share=share)  # fmt: skip
-    if share and not any(t.share for t in tables):
+    if share and not any(ORACLE in t.rows for t in tables):
         raise UserError(f"--share: no oracle rows in {str(directory)!r} (only a study that generates its synthetic "
                         "panel, --data synthetic[:DESIGN.json], writes them)")  # fmt: skip
     text = render_tables(tables, fmt, console=console)

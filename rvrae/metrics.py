@@ -72,15 +72,16 @@ def span_factor(column: str) -> str | None:
     return k if k.isdigit() else None
 
 
-def _on_span(beta, y, mask, ridge: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
-    """(fit, w): the month-by-month least-squares fit of y [t, n, k] on [1, β̂_t] over the
-    masked stocks (every month in one batched solve), and the mask as weights [t, n, 1]."""
+def _on_span(beta, y, mask, ridge: float = 1e-10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fit, y, w): the month-by-month least-squares fit of y [t, n, k] on [1, β̂_t] over the
+    masked stocks (every month in one batched solve), y as fitted (float64, 0 where masked
+    out) and the mask as weights [t, n, 1]."""
     w = np.asarray(mask, dtype=bool)[..., None].astype(np.float64)
     x = np.concatenate([np.ones_like(w), _f64(beta)], axis=-1) * w  # [t, n, 1 + K]
     y = _f64(y) * w
     xtx = np.einsum("tnp,tnq->tpq", x, x) + ridge * np.eye(x.shape[-1])
     coef = np.linalg.solve(xtx, np.einsum("tnp,tnk->tpk", x, y))
-    return np.einsum("tnp,tpk->tnk", x, coef), w
+    return np.einsum("tnp,tpk->tnk", x, coef), y, w
 
 
 def span_r2(beta, beta_true, mask, ridge: float = 1e-10) -> np.ndarray:
@@ -90,8 +91,7 @@ def span_r2(beta, beta_true, mask, ridge: float = 1e-10) -> np.ndarray:
     A planted panel only (the truth is known); the diagnostic behind "Where Rank IC is lost"
     in the README (RVRAE's betas span the small priced factor at 0.55-0.67, CA's at 0.84-0.89)."""
     mask = np.asarray(mask, dtype=bool)
-    fit, w = _on_span(beta, beta_true, mask, ridge)
-    y = _f64(beta_true) * w
+    fit, y, w = _on_span(beta, beta_true, mask, ridge)
     resid = (y - fit) * w
     n = np.maximum(mask.sum(axis=1), 1)[:, None]  # [t, 1]
     centred = (y - (y.sum(axis=1) / n)[:, None, :]) * w
@@ -110,7 +110,7 @@ def span_rank_ic(beta, r_hat_true, ret, mask, ridge: float = 1e-10) -> float:
     return better than its projection (up to the noise in ranking against realised returns).
     A model's Rank IC well below it loses in its premia or forecast; a low value means its
     betas miss the priced factors (`span_r2` says which). The oracle's equals its Rank IC."""
-    fit, _ = _on_span(beta, _f64(r_hat_true)[..., None], mask, ridge)
+    fit, _, _ = _on_span(beta, _f64(r_hat_true)[..., None], mask, ridge)
     return _nanmean(ic_series(fit[..., 0], ret, mask, rank=True))
 
 

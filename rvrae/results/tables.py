@@ -465,8 +465,10 @@ def add_oracle_share(t: Table) -> None:
     if ORACLE not in t.frame.index:
         return
     for metric, m in t.cells:
+        if base_metric(metric) not in SHARE_METRICS:
+            continue
         ceiling = float(t.frame.loc[ORACLE, (metric, m, "mean")])
-        if base_metric(metric) not in SHARE_METRICS or not (math.isfinite(ceiling) and ceiling > 0):
+        if not (math.isfinite(ceiling) and ceiling > 0):
             continue
         for r in t.rows:
             v = float(t.frame.loc[r, (metric, m, "mean")])
