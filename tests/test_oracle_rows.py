@@ -67,7 +67,7 @@ def test_a_resumed_study_keeps_every_seed_and_a_users_file_writes_none(synth, ti
     plain = load_panel(tiny_data_file)  # a synthetic panel written out and read back: no truth
     assert write_oracle(tmp_path / "file", "benchmark", plain, _identity(plain), _cells([0], [0])) is None
     assert not (tmp_path / "file").exists() and read_oracle(tmp_path / "file").empty
-    assert write_oracle(tmp_path / "t", "tune", p, _identity(p), _cells([0], [0])) is None
+    assert write_oracle(tmp_path / "t", "speed", p, _identity(p), _cells([0], [0])) is None  # no table row
 
 
 def _model_rows(identity, ms, value):

@@ -12,7 +12,9 @@ import pytest
 
 from faults import Faults
 from rvrae.errors import UserError
+from rvrae.results.oracle import ORACLE, read_oracle
 from rvrae.results.store import read_results, result_files
+from rvrae.results.tables import build_tables
 from rvrae.study.cli import main
 from rvrae.study.runner import StudyOptions, load_configs, plan_resources, run_study
 
@@ -86,6 +88,14 @@ def test_tune_records_varying_trials_and_best_configs(ray_session, tiny_panel, t
     top = df.loc[df["valid_rank_ic"].idxmax()]
     assert best["ipca"]["n_factors"] == int(top["hp_n_factors"])
     assert load_configs(out / "best_configs.json", ["ipca"]) == best  # what --configs reads
+    # a planted panel: the oracle heads the best-trial table, with its validation ceiling too
+    oracle = read_oracle(out)
+    assert list(oracle["study"]) == ["tune"] and (oracle["seed"].tolist(), oracle["m"].tolist()) == ([0], [0])
+    (t,) = build_tables(df, study="tune", oracle=oracle, share=True)
+    assert t.rows[0] == ORACLE and t.rows[1:] == ["ipca"]
+    o = oracle.iloc[0]
+    assert t.frame.loc[ORACLE, ("valid_rank_ic", 0, "mean")] == pytest.approx(o["valid_rank_ic"])
+    assert t.share[("ipca", "rank_ic", 0)] == pytest.approx(top["rank_ic"] / o["rank_ic"])
 
 
 def test_cli_runs_a_grid_from_a_file(ray_session, tiny_data_file, tmp_path, capsys):

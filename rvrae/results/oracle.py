@@ -3,9 +3,9 @@
 A study whose `--data` the driver generates (`synthetic`, `synthetic:DESIGN.json`) knows the
 truth (`panel.meta["oracle"]`, rvrae.data.synthetic.Oracle). The driver scores it once, with
 the trials' own code (`rvrae.study.trainable.evaluate`) on the study's own split and omitted
-sets, and `rvrae table` prints it as the first row of its tables (Tables I-III, `--metrics`):
-each model's share of the ceiling is then read off the table itself, not from a separate run
-of `rvrae data synth`.
+sets, and `rvrae table` prints it as the first row of its tables (Tables I-III, `--metrics`,
+the tune study's best-trial table): each model's share of the ceiling is then read off the
+table itself, not from a separate run of `rvrae data synth`.
 
 The oracle as a forecast: β = the true betas, f_post = the true factors, r̂ = β_t E[f_t | past]
 (its conditional forecast, so "Forecast R²" is the oracle's r2_forecast) and r_std its
@@ -22,7 +22,8 @@ identities keeps one oracle per identity, matched the way the tables group rows.
 identity columns, `seed` and `m`, every metric `evaluate` writes for a trial, and `omitted`
 (the omitted stocks, JSON): one row for m = 0 (the oracle does not depend on the seed) and one
 per (seed, m) for m > 0, each seed leaving out the same stocks as the models' trials
-(`rvrae.data.panel.omit_stocks`). `--rescore`, `--cost` and `--weighting` rescore the oracle
+(`rvrae.data.panel.omit_stocks`). A tune study's trials are all (seed 0, m 0) cells
+(`TUNE_CELLS`): its oracle is the one m = 0 row, its `valid_*` metrics the objective's ceiling. `--rescore`, `--cost` and `--weighting` rescore the oracle
 from its stored forecast like any trial. The files are rewritten whole (atomically) by every
 run of the study (--resume with other seeds: the union of the cells), the oracle being
 deterministic in the panel.
@@ -41,7 +42,8 @@ import pyarrow.parquet as pq
 
 ORACLE_DIR = "oracle"
 ORACLE = "oracle"  # the row key in a table (rendered "Oracle (true model)")
-ORACLE_STUDIES = ("benchmark", "robustness")
+ORACLE_STUDIES = ("benchmark", "robustness", "tune")
+TUNE_CELLS = [{"seed": 0, "m": 0}]  # the cell of every tune trial (rvrae.study.runner._tune_model)
 
 
 def _stem(out_dir: str | Path, study: str, key: tuple) -> Path:

@@ -434,15 +434,15 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
     storage = opts.storage or str(out / "_tune")
     panel_ref = ray.put(panel)  # once per study, shared by every Tuner below
     try:
+        from rvrae.results.oracle import TUNE_CELLS, write_oracle
+
+        # a synthetic panel generated here: its truth beside the rows (rvrae.results.oracle)
+        write_oracle(out, opts.study, panel, identity, TUNE_CELLS if opts.study == "tune" else grid_cells(opts))
         if opts.study == "tune":
             for name in opts.models:
                 _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc, run, console)
             write_best_configs(out, opts.models, identity)
         else:
-            from rvrae.results.oracle import write_oracle
-
-            # a synthetic panel generated here: its truth beside the rows (rvrae.results.oracle)
-            write_oracle(out, opts.study, panel, identity, grid_cells(opts))
             cells = [c for c in grid_cells(opts) if _key(opts.study, {**c, **common}) not in existing]
             run.skipped = len(grid_cells(opts)) - len(cells)
             _grid(opts, cells, panel_ref, common, storage, static, cpus, gpus, conc, run, console)
@@ -535,7 +535,9 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
     trainable = _trainable(panel_ref, cpus, gpus)
     sink = ParquetSink(str(run.out), "tune", static)
     live = LiveProgress(f"tune {name}", opts.metric, opts.mode, total=samples, console=console)
-    constants = {**common, "model": name, "seed": 0, "m": 0, "hp": dict(opts.configs.get(name, {}))}
+    from rvrae.results.oracle import TUNE_CELLS
+
+    constants = {**common, "model": name, **TUNE_CELLS[0], "hp": dict(opts.configs.get(name, {}))}
 
     def make_tuner():
         search = OptunaSearch(space=get_spec(name).space, metric=opts.metric, mode=opts.mode, seed=0,
