@@ -225,6 +225,12 @@ def test_shrunk_forecast_gate_keeps_the_prevailing_mean_below_its_t_statistic(mo
     w_noise, t_noise = calibrate(fbar + noise, 2.0)
     assert t_noise < 2.0 and w_noise == 0.0  # not supported: the prevailing mean
     assert calibrate(ols, t_sig + 1.0)[0] == 0.0  # the threshold is what decides
+    model.config.forecast_gate = "shrink"  # w (1 − 1/t²)⁺ at every t: no threshold, no step
+    for f_prior in (ols, fbar + noise):
+        w, t = by_hand(f_prior)
+        want = min(max(w, 0), 1) * max(0.0, 1 - 1 / t**2) if t > 0 else 0.0
+        assert calibrate(f_prior, t_sig + 1.0)[0] == pytest.approx(want, rel=1e-4, abs=1e-7)
+    assert 0.0 < calibrate(ols, t_sig + 1.0)[0] < w_sig  # kept above any threshold, shrunk
 
 
 def assert_share_minimises_valid_sse(panel: Panel, beta, anchor, dev, w: float) -> None:

@@ -10,12 +10,13 @@ from rvrae.errors import UserError
 FORECASTS = ("mean", "ar1")  # every neural model's factor forecast (NeuralConfig.forecast)
 FORECASTS_WITH_PRIOR = ("ar1", "shrunk", "prior", "mean")  # RVRAE, FactorVAE: their prior too
 PREMIA = ("factors", "ls")  # NeuralConfig.premia, checked for every neural model
+FORECAST_GATES = ("tstat", "shrink")  # NeuralConfig.forecast_gate, likewise
 
 
 def check_config(model: str, cfg: Any, at_least_1: Iterable[str] = (), unit: Iterable[str] = (),
                  choices: dict[str, Iterable] | None = None) -> None:  # fmt: skip
     """`at_least_1`: integer sizes (>= 1); `unit`: rates in [0, 1) (dropout); `choices`: key
-    -> allowed values (a neural config's `premia` always)."""
+    -> allowed values (a neural config's `premia` and `forecast_gate` always)."""
     for key in at_least_1:
         if getattr(cfg, key) < 1:
             raise UserError(f"{model}: {key} must be >= 1, got {getattr(cfg, key)}")
@@ -25,6 +26,7 @@ def check_config(model: str, cfg: Any, at_least_1: Iterable[str] = (), unit: Ite
     choices = dict(choices or {})
     if hasattr(cfg, "premia"):
         choices.setdefault("premia", PREMIA)
+        choices.setdefault("forecast_gate", FORECAST_GATES)
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise UserError(f"{model}: {key} must be one of {tuple(allowed)}, got {getattr(cfg, key)!r}")

@@ -46,7 +46,9 @@ tables):
   `rvrae.npx.prevailing_ar1`: the transition equation of a classical dynamic factor model), and
   w ∈ [0, 1] fitted on the validation months after the fit (`NeuralFactorModel.calibrate`),
   kept only where its month-clustered t-statistic there reaches `forecast_tstat` = 2 (else
-  w = 0: the prevailing mean). `forecast="shrunk"` does the same with the prior's forecast
+  w = 0: the prevailing mean; `forecast_gate="shrink"` scales w by (1 − 1/t²)⁺ instead, with no
+  step at 2 — not the default, README "How much of the AR(1) forecast" has the measured
+  reason). `forecast="shrunk"` does the same with the prior's forecast
   as g, `"prior"` is the paper's forecast as it is (eq. 4). Why: the learned prior does not
   forecast the factors better than their prevailing mean. Its forecast R² was −2.4 % against
   +0.2 % for the prevailing mean (the previous panel); a share of it fitted freely on 36
