@@ -37,6 +37,8 @@ METRIC_LABELS = {
     "rank_ic": ("Rank IC", "Rank IC"),
     "rank_icir": ("Rank ICIR", "Rank ICIR"),
     "rank_ic_span": ("β-span Rank IC", r"$\beta$-span Rank IC"),  # the Rank IC the betas allow
+    "forecast_weight": ("Forecast share w", "Forecast share $w$"),  # of the dynamic forecast (calibrate)
+    "forecast_tstat": ("Forecast share t", "Forecast share $t$"),  # its validation t-statistic
     "sharpe": ("Sharpe", "Sharpe"),
     "sharpe_net": ("Sharpe (30 bps)", "Sharpe (30 bps)"),
     "turnover": ("Turnover", "Turnover"),

@@ -214,6 +214,12 @@ def train_trial(config: dict, panel, report=None) -> None:
         "epochs": len(history) if history is not None else epochs[0],
         "fit_seconds": fit_seconds, "finished_at": now_iso(),
     }
+    if getattr(model, "forecast_weight_", None) is not None:
+        # The share of the dynamic forecast the validation months allowed and its t-statistic
+        # (`NeuralFactorModel.calibrate`): a t near `forecast_tstat` says the forecast sits on
+        # the gate's edge (README, "How much of the AR(1) forecast").
+        final["forecast_weight"] = float(model.forecast_weight_)
+        final["forecast_tstat"] = float(model.forecast_tstat_)
     if history:
         # The learning curve goes into the row; valid_loss into every result, as an early-
         # stopping scheduler (ASHA) that reads it per epoch expects of the last one too.
