@@ -62,10 +62,14 @@ def lower_is_better(metric: str) -> bool:
     return b in ("turnover", "nll") or "seconds" in b or b.endswith(("_s", "_ms", "time", "memory", "_mb", "_gb"))
 
 
+NO_BEST = ("forecast_weight", "forecast_tstat")  # diagnostics of a fit, not scores: never best
+
+
 def best_mask(metric: str, means: pd.Series) -> pd.Series:
-    """Which rows hold the column's best mean (ties all marked). Coverage: closest to 90 %."""
+    """Which rows hold the column's best mean (ties all marked). Coverage: closest to 90 %;
+    `NO_BEST` columns: none."""
     v = means.astype(float)
-    if not np.isfinite(v).any():
+    if not np.isfinite(v).any() or base_metric(metric) in NO_BEST:
         return pd.Series(False, index=means.index)
     if base_metric(metric) == "coverage90":
         score = -(v - 0.9).abs()
