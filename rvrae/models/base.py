@@ -221,9 +221,8 @@ class NeuralFactorModel(FactorModel):
         otherwise w = 0: 36 validation months chose noise as often as signal (README). With
         `forecast_gate="shrink"` w is scaled by (1 − 1/t²)⁺ instead: no step at a threshold,
         so a fit whose t lands at 1.99 rather than 2.01 moves its forecast by a little, not
-        from the dynamic forecast to none. One
-        weight, not one per factor: K weights on 36 months were a lottery (test Rank IC 0.031
-        or 0.078 for the same model, measured). `calibrate_fit` lets a model take more from
+        from the dynamic forecast to none. One weight, not one per factor: K weights on 36
+        months were a lottery (test Rank IC 0.031 or 0.078 for the same model, measured). `calibrate_fit` lets a model take more from
         the same pass (RVRAE: residual variance)."""
         self.forecast_weight_ = self.forecast_tstat_ = None
         valid_months = np.asarray(valid_months)

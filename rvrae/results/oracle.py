@@ -23,10 +23,11 @@ identity columns, `seed` and `m`, every metric `evaluate` writes for a trial, an
 (the omitted stocks, JSON): one row for m = 0 (the oracle does not depend on the seed) and one
 per (seed, m) for m > 0, each seed leaving out the same stocks as the models' trials
 (`rvrae.data.panel.omit_stocks`). A tune study's trials are all (seed 0, m 0) cells
-(`TUNE_CELLS`): its oracle is the one m = 0 row, its `valid_*` metrics the objective's ceiling. `--rescore`, `--cost` and `--weighting` rescore the oracle
-from its stored forecast like any trial. The files are rewritten whole (atomically) by every
-run of the study (--resume with other seeds: the union of the cells), the oracle being
-deterministic in the panel.
+(`TUNE_CELLS`): its oracle is the one m = 0 row, its `valid_*` metrics the objective's
+ceiling. `--rescore`, `--cost` and `--weighting` rescore the oracle from its stored forecast
+like any trial. The files are rewritten whole (atomically) by every run of the study
+(--resume with other seeds: the union of the cells), the oracle being deterministic in the
+panel.
 """
 
 from __future__ import annotations
