@@ -97,13 +97,13 @@ class NeuralConfig:
     # How the validation t-statistic t of that share w acts (`calibrate`): "tstat", w only
     # where t reaches `forecast_tstat` (else 0); "shrink", w (1 − 1/t²)⁺ at every t, the
     # plug-in estimate of the squared-error-optimal shrinkage of an estimate with t-statistic
-    # t, continuous in t (README: the gate's knife edge)
+    # t, continuous in t (studies/FINDINGS.md: the gate's knife edge)
     forecast_gate: str = "tstat"
     # The premia the forecast starts from (`NeuralFactorModel.calibrate`): "factors", the
     # prevailing mean of the model's own factors f_post (eq. 33); "ls", the prevailing mean of
     # each month's least-squares factors on the model's own β (Fama–MacBeth premia,
-    # `rvrae.npx.ls_factors`), the dynamic part unchanged. Not the default: README, "Where
-    # Rank IC is lost", gives the measured reason for it and against it
+    # `rvrae.npx.ls_factors`), the dynamic part unchanged. Not the default: studies/FINDINGS.md,
+    # "Unseen panels A and B", gives the measured reason for it and against it
     premia: str = "factors"
 
 
@@ -218,12 +218,13 @@ class NeuralFactorModel(FactorModel):
         w = argmin Σ_valid (r − β f_fc)², clipped to [0, 1]: w = 0 is the prevailing-mean
         forecast of IPCA / CA (`forecast="mean"`), w = 1 the dynamic forecast as it is.
         w is kept only where its t-statistic, clustered by month, reaches `forecast_tstat`;
-        otherwise w = 0: 36 validation months chose noise as often as signal (README). With
-        `forecast_gate="shrink"` w is scaled by (1 − 1/t²)⁺ instead: no step at a threshold,
-        so a fit whose t lands at 1.99 rather than 2.01 moves its forecast by a little, not
-        from the dynamic forecast to none. One weight, not one per factor: K weights on 36
-        months were a lottery (test Rank IC 0.031 or 0.078 for the same model, measured). `calibrate_fit` lets a model take more from
-        the same pass (RVRAE: residual variance)."""
+        otherwise w = 0: 36 validation months chose noise as often as signal
+        (studies/FINDINGS.md). With `forecast_gate="shrink"` w is scaled by (1 − 1/t²)⁺
+        instead: no step at a threshold, so a fit whose t lands at 1.99 rather than 2.01 moves
+        its forecast by a little, not from the dynamic forecast to none. One weight, not one
+        per factor: K weights on 36 months were a lottery (test Rank IC 0.031 or 0.078 for the
+        same model, measured). `calibrate_fit` lets a model take more from the same pass
+        (RVRAE: residual variance)."""
         self.forecast_weight_ = self.forecast_tstat_ = None
         valid_months = np.asarray(valid_months)
         if len(valid_months) == 0:

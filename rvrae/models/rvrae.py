@@ -24,7 +24,7 @@ the target month itself (`rvrae.models.base.Batch`).
   The default factor forecast is not the prior's but the AR(1) of f_post (`forecast`, below).
 
 Where we depart from the paper's text, each is an option, and why (measured on the built-in
-panel, seed 0, default config unless said; `studies/benchmark.py` and the README give the
+panel, seed 0, default config unless said; `studies/benchmark.py` and studies/FINDINGS.md give the
 tables):
 
 * `constant=True`: the managed portfolios include a constant instrument, as IPCA and CA do.
@@ -47,7 +47,7 @@ tables):
   w ∈ [0, 1] fitted on the validation months after the fit (`NeuralFactorModel.calibrate`),
   kept only where its month-clustered t-statistic there reaches `forecast_tstat` = 2 (else
   w = 0: the prevailing mean; `forecast_gate="shrink"` scales w by (1 − 1/t²)⁺ instead, with no
-  step at 2 — not the default, README "How much of the AR(1) forecast" has the measured
+  step at 2 — not the default, studies/FINDINGS.md, "How much of the AR(1) forecast", has the measured
   reason). `forecast="shrunk"` does the same with the prior's forecast
   as g, `"prior"` is the paper's forecast as it is (eq. 4). Why: the learned prior does not
   forecast the factors better than their prevailing mean. Its forecast R² was −2.4 % against
@@ -60,11 +60,11 @@ tables):
   "shrunk" 0.41/−0.72/0.14 %; Rank IC 0.082/0.041/0.064 vs 0.064/0.042/0.039), the gate
   closed on seed 1 where the factors' test-year means differ from their history; on one
   unseen panel one of two fits fell 0.4 points below it. It is a forecaster any factor model
-  can use: CA takes `forecast="ar1"` too and gains as much (README).
+  can use: CA takes `forecast="ar1"` too and gains as much (studies/FINDINGS.md).
   Early stopping watches the posterior's reconstruction error plus the prior's forecast error
   (`valid_loss`): the eq. 30 loss barely depends on the prior. `premia="ls"` (NeuralConfig,
   off by default) anchors the forecast on the prevailing mean of the least-squares factors on
-  the model's own β instead of f̄ (README, "Where Rank IC is lost", has the measured case).
+  the model's own β instead of f̄ (studies/FINDINGS.md, "Unseen panels A and B", has the measured case).
 * `beta_portfolios=True`: the target month's posterior mean also reads, linearly (a K × K
   map, zero at the start), the portfolios of the model's own betas (βᵀMβ + εI)⁻¹ βᵀ M r_t —
   the month's least-squares factors on β, which is IPCA's f_t; β is detached, so to the
@@ -90,10 +90,11 @@ tables):
   (β-regression R² 15.02/12.95/17.38 → 15.35/13.39/17.72 → 15.55/13.51/18.37 %); 1e-3 fell back
   to 85 % on seed 2. Rank IC moved with it on seeds 0 and 2 (85 → 90 %, 54 → 64 % of the
   oracle's) and fell on seed 1 (58 → 47 %), where the test years' factor means are not
-  their history's (README, "Where the models stand").
+  their history's (README and studies/FINDINGS.md, "Where the models stand").
 * `patience=10` (NeuralConfig's 5, which the other neural models keep): on a fresh panel with
-  46 characteristics (README, "Two fresh panels") one fit in three stopped at epoch 13 with
-  71 % of the oracle's total R², where the other two trained to epochs 36 and 32 and reached
+  46 characteristics (studies/FINDINGS.md, "Two fresh panels") one fit in three stopped at
+  epoch 13 with 71 % of the oracle's total R², where the other two trained to epochs 36 and 32
+  and reached
   82 %; with patience 10 the same fit trained to epoch 44 and reached 82 %. The factor path
   can sit on a plateau for more than five epochs before its validation loss moves again.
   Cost: five more epochs per fit. Of 21 fits on seven panels (3 seeds each), 18 ended at

@@ -217,7 +217,7 @@ def train_trial(config: dict, panel, report=None) -> None:
     if getattr(model, "forecast_weight_", None) is not None:
         # The share of the dynamic forecast the validation months allowed and its t-statistic
         # (`NeuralFactorModel.calibrate`): a t near `forecast_tstat` says the forecast sits on
-        # the gate's edge (README, "How much of the AR(1) forecast").
+        # the gate's edge (studies/FINDINGS.md, "How much of the AR(1) forecast").
         final["forecast_weight"] = float(model.forecast_weight_)
         final["forecast_tstat"] = float(model.forecast_tstat_)
     if history:
