@@ -33,15 +33,16 @@ Our reading (SPEC §3.2):
   through a K × K map that starts at the identity, the month's ridge least-squares factors of
   r − μ_α on the model's own β (β and α detached: data to the encoder, as RVRAE's option of
   the same name), i.e. IPCA's f_t on FactorVAE's betas. The softmax portfolio layer forms
-  long-only portfolios, and f_post from them lost 26-40 % of what the betas know: built-in
-  panel seeds 0/1/2, 3 seeds each, total R² 6.22/5.97/10.05 % (39/44/51 % of the oracle's)
-  against 10.45/9.61/13.56 % from a regression on the model's own β. With the option: 12.74/
-  10.81/14.86 % (80/79/75 %; β-regression 13.20/11.44/15.46 %: the betas learn better too),
-  and 89 % / 85 % of the oracle on two unseen panels (from 81 % / 56 %, one seed). It is off
-  because what the forecast gains is mixed: Rank IC 0.065/0.046/0.041 → 0.061/0.043/0.034,
-  forecast R² 0.58/−0.86/1.17 → 0.43/−0.62/0.53 % (lower on two of three; better on both
-  unseen panels: 1.01 → 1.30, −1.02 → −0.31 %), and its 90 % intervals cover 0.95-0.98
-  instead of 0.90-0.92 (the prior's σ widens to follow a posterior that now moves more).
+  long-only portfolios, and f_post from them lost 27-40 % of what the betas know: built-in
+  panel seeds 0/1/2, 3 seeds each, total R² 6.25/5.78/9.78 % (39/42/50 % of the oracle's)
+  against 10.33/9.35/13.38 % from a regression on the model's own β. With the option: 12.99/
+  10.86/14.42 % (81/80/73 %; β-regression 13.50/11.42/15.07 %: the betas learn better too),
+  and 89 % / 85 % of the oracle on two unseen panels (from 81 % / 56 %, one seed, an earlier
+  state of this code). It is off because what the forecast gains is mixed: Rank IC
+  0.068/0.049/0.034 → 0.055/0.048/0.031, forecast R² 0.52/−1.81/1.23 → 0.26/−0.46/0.39 %
+  (lower on two of three), and its 90 % intervals cover 0.96-0.98 instead of 0.91-0.92 (the
+  prior's σ widens to follow a posterior that now moves more). studies/FINDINGS.md, "FactorVAE's
+  factor path", has the tables.
 * α in the shared Forecast: α enters as loading on a constant factor equal to 1. `beta` is
   [β, μ_α] (K+1 columns) and f_post / f_prior are [μ_post, 1] / [μ_prior, 1], so
   β·f_prior = r_hat exactly and R²_total / R²_pred (β·f) include α as the model does; the
@@ -187,9 +188,9 @@ class Config(NeuralConfig):
     # prevailing mean of f_post plus a gated validation share of each factor's AR(1) forecast.
     # "shrunk" puts the attention prior in the AR(1)'s place, "prior" is Duan et al.'s forecast
     # as it is (its forecast R² was negative). Built-in panel seeds 0/1/2, 3 seeds: forecast
-    # R² 0.58/−0.86/1.17 % with "ar1" (seed 0: 0.29 % with "shrunk")
+    # R² 0.52/−1.81/1.23 % with "ar1" (0.15/−1.81/−0.09 % with "shrunk")
     beta_portfolios: bool = False  # μ_post also reads the least-squares factors on the model's
-    # own β (not in Duan et al.; module docstring: total R² 45 → 80 % of the oracle, forecast mixed)
+    # own β (not in Duan et al.; module docstring: total R² 39 → 81 % of the oracle, forecast mixed)
 
     def __post_init__(self):
         check_config("factorvae", self, at_least_1=("n_factors", "hidden", "n_portfolios"),
