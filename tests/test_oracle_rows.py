@@ -136,6 +136,11 @@ def test_share_of_the_oracle(synth, tmp_path):
     neg = oracle.assign(r2_pred=-0.01)  # a ceiling at or below zero: no share
     (n1, _) = build_tables(rows, study="benchmark", oracle=neg, share=True)
     assert ("ipca", "r2_pred", 0) not in n1.share and ("ipca", "r2_total", 0) in n1.share
+    # a ceiling that prints as 0.00 (R² in percent: 0.004 %) reads as nothing either
+    (z1, _) = build_tables(rows, study="benchmark", oracle=oracle.assign(r2_pred=4e-5), share=True)
+    assert ("ipca", "r2_pred", 0) not in z1.share and ("ipca", "r2_total", 0) in z1.share
+    (s1, _) = build_tables(rows, study="benchmark", oracle=oracle.assign(r2_pred=6e-5), share=True)
+    assert s1.share[("ipca", "r2_pred", 0)] == pytest.approx(0.005 / 6e-5)  # prints 0.01: kept
     (custom,) = build_tables(rows, study="benchmark", metrics=["r2_total", "coverage90"], oracle=oracle, share=True)
     assert set(custom.share) == {("ipca", "r2_total", 0)}  # coverage is a target, not a score
     want = f"[{0.05 / o['r2_total']:.0%}]"

@@ -462,9 +462,12 @@ def _add_oracle_row(t: Table, orows: pd.DataFrame) -> None:
 
 def add_oracle_share(t: Table) -> None:
     """Each model row's mean as a share of the oracle row's mean in the same column
-    (`Table.share`), for `SHARE_METRICS` where the oracle's mean is positive: a share of a
-    negative or zero ceiling reads as nothing. The table must hold the oracle's row."""
+    (`Table.share`), for `SHARE_METRICS` where the oracle's mean is positive as printed: a
+    share of a negative or zero ceiling reads as nothing, and neither does one of a ceiling
+    that prints as 0.00 (an oracle predictive R² of 0.004 % made a model's −0.47 % read
+    "−11291 %"). The table must hold the oracle's row."""
     from rvrae.results.oracle import ORACLE
+    from rvrae.results.render import fmt_number  # here: render imports this module
 
     if ORACLE not in t.frame.index:
         return
@@ -472,7 +475,7 @@ def add_oracle_share(t: Table) -> None:
         if base_metric(metric) not in SHARE_METRICS:
             continue
         ceiling = float(t.frame.loc[ORACLE, (metric, m, "mean")])
-        if not (math.isfinite(ceiling) and ceiling > 0):
+        if not (math.isfinite(ceiling) and float(fmt_number(metric, ceiling, t.scale.get(metric, 1.0))) > 0):
             continue
         for r in t.rows:
             v = float(t.frame.loc[r, (metric, m, "mean")])
@@ -480,7 +483,7 @@ def add_oracle_share(t: Table) -> None:
                 t.share[(r, metric, m)] = v / ceiling
     if t.share:
         t.caption += (" Percent in brackets: the row's mean as a share of the oracle's in that column "
-                      "(R², IC and Sharpe columns, where the oracle's is positive).")  # fmt: skip
+                      "(R², IC and Sharpe columns, where the oracle's is positive as printed).")  # fmt: skip
 
 
 def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] | None = None,
