@@ -89,7 +89,8 @@ def span_r2(beta, beta_true, mask, ridge: float = 1e-10) -> np.ndarray:
     of its true betas on [1, β̂_t] (centred within the month, pooled over masked stock-months):
     how much of that factor's cross-section the model's betas span, whatever their rotation.
     A planted panel only (the truth is known); the diagnostic behind "Where Rank IC is lost"
-    in studies/FINDINGS.md (RVRAE's betas span the small priced factor at 0.55-0.67, CA's at 0.84-0.89)."""
+    in studies/FINDINGS.md (RVRAE's betas span the small priced factor at 0.55-0.67, CA's at
+    0.84-0.89)."""
     mask = np.asarray(mask, dtype=bool)
     fit, y, w = _on_span(beta, beta_true, mask, ridge)
     resid = (y - fit) * w

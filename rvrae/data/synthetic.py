@@ -403,8 +403,9 @@ def factor_visibility(panel: Panel, oracle: Oracle, months: np.ndarray | None = 
 
     A hidden factor can still be learned from its mean return (a priced one), but not from the
     reconstruction of returns that every model here is trained on: its betas are what no factor
-    model here can be asked to find (studies/FINDINGS.md, "Where Rank IC is lost"). A heuristic, for reading
-    the tables; the threshold is the Gaussian limit, the panel's noise is Student-t."""
+    model here can be asked to find (studies/FINDINGS.md, "Where Rank IC is lost"). A
+    heuristic, for reading the tables; the threshold is the Gaussian limit, the panel's noise
+    is Student-t."""
     if months is None:
         months = np.arange(int(oracle.test_months.min()))
     months = np.asarray(months)

@@ -24,8 +24,8 @@ the target month itself (`rvrae.models.base.Batch`).
   The default factor forecast is not the prior's but the AR(1) of f_post (`forecast`, below).
 
 Where we depart from the paper's text, each is an option, and why (measured on the built-in
-panel, seed 0, default config unless said; `studies/benchmark.py` and studies/FINDINGS.md give the
-tables):
+panel, seed 0, default config unless said; `studies/benchmark.py` and studies/FINDINGS.md give
+the tables):
 
 * `constant=True`: the managed portfolios include a constant instrument, as IPCA and CA do.
   Ranked characteristics average zero across stocks every month, so without it y carries
@@ -47,9 +47,9 @@ tables):
   w ∈ [0, 1] fitted on the validation months after the fit (`NeuralFactorModel.calibrate`),
   kept only where its month-clustered t-statistic there reaches `forecast_tstat` = 2 (else
   w = 0: the prevailing mean; `forecast_gate="shrink"` scales w by (1 − 1/t²)⁺ instead, with no
-  step at 2 — not the default, studies/FINDINGS.md, "How much of the AR(1) forecast", has the measured
-  reason). `forecast="shrunk"` does the same with the prior's forecast
-  as g, `"prior"` is the paper's forecast as it is (eq. 4). Why: the learned prior does not
+  step at 2 — not the default, studies/FINDINGS.md, "How much of the AR(1) forecast", has the
+  measured reason). `forecast="shrunk"` does the same with the prior's forecast as g,
+  `"prior"` is the paper's forecast as it is (eq. 4). Why: the learned prior does not
   forecast the factors better than their prevailing mean. Its forecast R² was −2.4 % against
   +0.2 % for the prevailing mean (the previous panel); a share of it fitted freely on 36
   validation months was 0.5-0.9 in most fits while the raw prior lost on the test years
@@ -64,7 +64,8 @@ tables):
   Early stopping watches the posterior's reconstruction error plus the prior's forecast error
   (`valid_loss`): the eq. 30 loss barely depends on the prior. `premia="ls"` (NeuralConfig,
   off by default) anchors the forecast on the prevailing mean of the least-squares factors on
-  the model's own β instead of f̄ (studies/FINDINGS.md, "Unseen panels A and B", has the measured case).
+  the model's own β instead of f̄ (studies/FINDINGS.md, "Unseen panels A and B", has the
+  measured case).
 * `beta_portfolios=True`: the target month's posterior mean also reads, linearly (a K × K
   map, zero at the start), the portfolios of the model's own betas (βᵀMβ + εI)⁻¹ βᵀ M r_t —
   the month's least-squares factors on β, which is IPCA's f_t; β is detached, so to the

@@ -475,8 +475,8 @@ def add_oracle_share(t: Table) -> None:
         if base_metric(metric) not in SHARE_METRICS:
             continue
         ceiling = float(t.frame.loc[ORACLE, (metric, m, "mean")])
-        if not (math.isfinite(ceiling) and float(fmt_number(metric, ceiling, t.scale.get(metric, 1.0))) > 0):
-            continue
+        if not math.isfinite(ceiling) or float(fmt_number(metric, ceiling, t.scale.get(metric, 1.0))) <= 0:
+            continue  # the ceiling as the table prints it: 0.00 is no ceiling
         for r in t.rows:
             v = float(t.frame.loc[r, (metric, m, "mean")])
             if r != ORACLE and math.isfinite(v):

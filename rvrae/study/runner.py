@@ -436,15 +436,16 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
     try:
         from rvrae.results.oracle import TUNE_CELLS, write_oracle
 
+        planned = TUNE_CELLS if opts.study == "tune" else grid_cells(opts)
         # a synthetic panel generated here: its truth beside the rows (rvrae.results.oracle)
-        write_oracle(out, opts.study, panel, identity, TUNE_CELLS if opts.study == "tune" else grid_cells(opts))
+        write_oracle(out, opts.study, panel, identity, planned)
         if opts.study == "tune":
             for name in opts.models:
                 _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc, run, console)
             write_best_configs(out, opts.models, identity)
         else:
-            cells = [c for c in grid_cells(opts) if _key(opts.study, {**c, **common}) not in existing]
-            run.skipped = len(grid_cells(opts)) - len(cells)
+            cells = [c for c in planned if _key(opts.study, {**c, **common}) not in existing]
+            run.skipped = len(planned) - len(cells)
             _grid(opts, cells, panel_ref, common, storage, static, cpus, gpus, conc, run, console)
     finally:
         if started:
