@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
         opts = StudyOptions(study="robustness", models=["ipca"], seeds=2, m=[10], split=(3, 1, 1),
                             out=Path(sys.argv[2]), address=cluster.address, max_failures=0)
         run = run_study(opts, panel=load_data(sys.argv[1]))
-        print("max_concurrent", run.max_concurrent)
+        print(f"max_concurrent {run.max_concurrent}", flush=True)  # one write: Ray's log thread cannot split it
     finally:
         cluster.shutdown()
     """
