@@ -15,6 +15,7 @@ import pytest
 
 from rvrae.cli import main as cli
 from rvrae.metrics import TEST_METRICS, long_short
+from rvrae.models.base import FORECAST_SCALE_FLOOR
 from rvrae.results.forecasts import NOT_RESCORED, forecast_path, read_forecast, rescore_rows, scores, seed_ensembles
 from rvrae.results.store import METRIC_COLUMNS, cell_id, read_results
 from rvrae.results.tables import ENSEMBLE, build_tables
@@ -58,10 +59,11 @@ def test_every_trial_leaves_forecasts_and_a_learning_curve(bench):
             assert math.isnan(r.get("forecast_weight", math.nan))
         if r["model"] == "factorvae":
             # the AR(1) share the forecast used, and its validation t: w = 0 below the gate,
-            # where r̂ is β̂ times the prevailing mean of f_post (fit_pred); above it, not
-            w, t = r["forecast_weight"], r["forecast_tstat"]
-            assert 0.0 <= w <= 1.0 and (w == 0.0 or t >= 2.0)
-            at_mean = np.allclose(fc["r_hat"], fc["fit_pred"], atol=1e-6)
+            # where r̂ is β̂ times the prevailing mean of f_post (fit_pred) at the forecast's
+            # validation-fitted level c (forecast_scale="valid", FactorVAE's default); above it, not
+            w, t, c = r["forecast_weight"], r["forecast_tstat"], r["forecast_scale"]
+            assert 0.0 <= w <= 1.0 and (w == 0.0 or t >= 2.0) and FORECAST_SCALE_FLOOR <= c <= 1.0
+            at_mean = np.allclose(fc["r_hat"], c * fc["fit_pred"], atol=1e-6)
             assert at_mean == (w == 0.0), (w, t)
             curve = json.loads(r["history"])
             assert [c["epoch"] for c in curve] == [1, 2] and all(

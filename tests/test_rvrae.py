@@ -10,7 +10,7 @@ from torch.distributions import Normal, kl_divergence
 
 from rvrae.data.panel import Panel
 from rvrae.errors import UserError
-from rvrae.models.base import PanelTensors, prevailing_mean
+from rvrae.models.base import FORECAST_SCALE_FLOOR, PanelTensors, prevailing_mean
 from rvrae.npx import ls_factors, prevailing_ar1
 from rvrae.models.registry import get_spec
 from rvrae.models.rvrae import RVRAE, Config
@@ -242,6 +242,37 @@ def assert_share_minimises_valid_sse(panel: Panel, beta, anchor, dev, w: float) 
 
     for v in {0.0, 1.0, max(w - 0.05, 0.0), min(w + 0.05, 1.0)}:
         assert sse(anchor + w * dev) <= sse(anchor + v * dev) + 1e-9, (w, v)
+
+
+def test_forecast_scale_is_the_validation_slope_through_the_origin_and_keeps_the_ranks(monkeypatch):
+    """forecast_scale="valid" (NeuralConfig; FactorVAE's default): the whole forecast times
+    c = Σ r r̂ / Σ r̂² over the validation stock-months, clipped to [FORECAST_SCALE_FLOOR, 1].
+    r̂ is then c times the unscaled forecast, so every month ranks the stocks as before."""
+    panel = planted_panel()
+    hist = np.arange(TEST.max() + 1)
+    plain = fitted(panel, epochs=1, forecast_tstat=0.0)  # forecast_scale="none": the level as is
+    scaled = fitted(panel, epochs=1, forecast_tstat=0.0, forecast_scale="valid")  # the same fit
+    assert plain.forecast_scale_ is None and scaled.forecast_weight_ == plain.forecast_weight_
+    a, b = plain.predict(panel.view(hist)), scaled.predict(panel.view(hist))
+    rh, r, m = a.r_hat[VALID].astype(np.float64), panel.ret[VALID], panel.mask[VALID]
+    c = float((r * rh * m).sum() / (rh * rh * m).sum())
+    assert float(scaled.forecast_scale_) == pytest.approx(min(max(c, FORECAST_SCALE_FLOOR), 1.0), rel=1e-5)
+    np.testing.assert_allclose(b.r_hat, float(scaled.forecast_scale_) * a.r_hat, rtol=1e-5, atol=1e-9)
+    np.testing.assert_array_equal(b.beta, a.beta)
+    # The clip, with the net's output held fixed and the validation returns set to k r̂ (slope
+    # k exactly; forecast="mean", so no share w moves with the returns).
+    model = fitted(panel, epochs=1, forecast="mean", forecast_scale="valid")
+    tensors = PanelTensors(panel, "cpu", model.config.seq_len)
+    out = model._run(tensors, np.arange(VALID.max() + 1))
+    r_hat = model.predict(panel.view(hist)).r_hat / float(model.forecast_scale_)  # unscaled
+    monkeypatch.setattr(model, "_run", lambda *args: out)
+    for k, want in ((0.5, 0.5), (2.0, 1.0), (-1.0, FORECAST_SCALE_FLOOR)):
+        ret = panel.ret.copy()
+        ret[VALID] = np.where(panel.mask[VALID], k * r_hat[VALID], 0.0)
+        model.calibrate(dataclasses.replace(panel, ret=ret).view(VALID), tensors, TRAIN, VALID)
+        assert float(model.forecast_scale_) == pytest.approx(want, rel=1e-4), k
+    with pytest.raises(UserError, match="forecast_scale"):
+        RVRAE({**SMALL, "forecast_scale": "test"})
 
 
 def test_ar1_forecast_is_the_prevailing_mean_plus_a_validation_share_of_each_factors_ar1():

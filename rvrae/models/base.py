@@ -105,6 +105,21 @@ class NeuralConfig:
     # `rvrae.npx.ls_factors`), the dynamic part unchanged. Not the default: studies/FINDINGS.md,
     # "Unseen panels A and B", gives the measured reason for it and against it
     premia: str = "factors"
+    # The forecast's level (`NeuralFactorModel.calibrate`): "none" keeps it; "valid" scales
+    # the whole forecast β f_fc by c = Σ r r̂ / Σ r̂² over the validation months, clipped to
+    # [FORECAST_SCALE_FLOOR, 1] (least squares through the origin: the forecast combined
+    # with the zero forecast). One c for every stock and factor, so ranks, Rank IC, IC and the
+    # long-short portfolios stay exactly as they are; only the level-sensitive scores move
+    # (forecast R², coverage90, NLL). FactorVAE's default (its α column overshot the level:
+    # studies/FINDINGS.md, "The forecast's level"), not RVRAE's
+    forecast_scale: str = "none"
+
+
+# The least share of its level a scaled forecast keeps (`forecast_scale="valid"`): at c = 0
+# every stock would be forecast 0 and nothing would be ranked; at 1 % it still orders the
+# stocks as the model does, and its forecast R² is the zero forecast's (0) plus
+# 0.02 Σ r r̂ / Σ r² − 0.0001 Σ r̂² / Σ r² (r̂ unscaled).
+FORECAST_SCALE_FLOOR = 0.01
 
 
 @dataclass
@@ -223,9 +238,11 @@ class NeuralFactorModel(FactorModel):
         instead: no step at a threshold, so a fit whose t lands at 1.99 rather than 2.01 moves
         its forecast by a little, not from the dynamic forecast to none. One weight, not one
         per factor: K weights on 36 months were a lottery (test Rank IC 0.031 or 0.078 for the
-        same model, measured). `calibrate_fit` lets a model take more from the same pass
+        same model, measured). With `forecast_scale="valid"` the whole forecast β f_fc is then
+        scaled by its through-origin slope on the validation returns, c ∈ [0.01, 1]: its
+        level, not its ranks. `calibrate_fit` lets a model take more from the same pass
         (RVRAE: residual variance)."""
-        self.forecast_weight_ = self.forecast_tstat_ = None
+        self.forecast_weight_ = self.forecast_tstat_ = self.forecast_scale_ = None
         valid_months = np.asarray(valid_months)
         if len(valid_months) == 0:
             return
@@ -233,31 +250,39 @@ class NeuralFactorModel(FactorModel):
         out = self._run(tensors, hist)
         self.calibrate_fit(out, panel, np.asarray(train_months))
         g = self._dynamic_forecast(out, out["f_post"], hist)  # rows = months 0..end of valid
-        if g is None:
-            return
         post_mean = prevailing_mean(out["f_post"])  # [months 0..end of valid, K]
-        # the dynamic forecast's deviation from the prevailing mean of f_post
-        d = g[valid_months].astype(np.float64) - post_mean[valid_months]
         fbar = self._premia(out["beta"], post_mean, panel, hist)[valid_months].astype(np.float64)
         beta = out["beta"][valid_months].astype(np.float64)  # [t, N, K]
         mask = panel.mask[valid_months]
-        resid = np.where(mask, panel.ret[valid_months] - np.einsum("tnk,tk->tn", beta, fbar), 0.0)
-        x = np.where(mask, np.einsum("tnk,tk->tn", beta, d), 0.0)  # β (g − f̄)
-        xx = float(np.sum(x * x))
-        w = float(np.sum(x * resid)) / xx if xx > 0 else 0.0
-        # The slope's t-statistic with the error clustered by month (a month's stocks share
-        # its factor shock, so they are not independent draws): the score of month t is
-        # Σ_n x (resid − w x). Below `forecast_tstat` the validation months do not support the
-        # deviation and the forecast stays at the prevailing mean (w = 0).
-        score = np.sum(x * (resid - w * x), axis=1)  # [t]
-        se = float(np.sqrt(np.sum(score * score))) / xx if xx > 0 else math.inf
-        t = self.forecast_tstat_ = float(w / se) if se > 0 else (math.inf if w > 0 else 0.0)
-        w = min(max(w, 0.0), 1.0)
-        if self.config.forecast_gate == "shrink":  # E[ŵ²] = w² + se², so w²/(w² + se²) ≈ 1 − 1/t²
-            w *= max(0.0, 1.0 - 1.0 / t**2) if t > 0 else 0.0
-        elif t < self.config.forecast_tstat:
-            w = 0.0
-        self.forecast_weight_ = np.float32(w)
+        ret = np.where(mask, panel.ret[valid_months], 0.0)
+        f_fc = fbar  # the forecast's factors on the validation months
+        if g is not None:
+            # the dynamic forecast's deviation from the prevailing mean of f_post
+            d = g[valid_months].astype(np.float64) - post_mean[valid_months]
+            resid = np.where(mask, ret - np.einsum("tnk,tk->tn", beta, fbar), 0.0)
+            x = np.where(mask, np.einsum("tnk,tk->tn", beta, d), 0.0)  # β (g − f̄)
+            xx = float(np.sum(x * x))
+            w = float(np.sum(x * resid)) / xx if xx > 0 else 0.0
+            # The slope's t-statistic with the error clustered by month (a month's stocks
+            # share its factor shock, so they are not independent draws): the score of month
+            # t is Σ_n x (resid − w x). Below `forecast_tstat` the validation months do not
+            # support the deviation and the forecast stays at the prevailing mean (w = 0).
+            score = np.sum(x * (resid - w * x), axis=1)  # [t]
+            se = float(np.sqrt(np.sum(score * score))) / xx if xx > 0 else math.inf
+            t = self.forecast_tstat_ = float(w / se) if se > 0 else (math.inf if w > 0 else 0.0)
+            w = min(max(w, 0.0), 1.0)
+            if self.config.forecast_gate == "shrink":  # E[ŵ²] = w² + se², so w²/(w² + se²) ≈ 1 − 1/t²
+                w *= max(0.0, 1.0 - 1.0 / t**2) if t > 0 else 0.0
+            elif t < self.config.forecast_tstat:
+                w = 0.0
+            self.forecast_weight_ = np.float32(w)
+            f_fc = fbar + w * d
+        if self.config.forecast_scale == "valid" and self.config.forecast != "prior":
+            # c = the through-origin slope of r on r̂ = β f_fc over the validation stock-months
+            r_hat = np.where(mask, np.einsum("tnk,tk->tn", beta, f_fc), 0.0)
+            rr = float(np.sum(r_hat * r_hat))
+            c = float(np.sum(ret * r_hat)) / rr if rr > 0 else 1.0
+            self.forecast_scale_ = min(max(c, FORECAST_SCALE_FLOOR), 1.0)
 
     def _dynamic_forecast(self, out: dict, f_all: np.ndarray, months: np.ndarray):
         """The factor forecast `calibrate` shrinks towards the prevailing mean, [t, K] for the
@@ -316,6 +341,9 @@ class NeuralFactorModel(FactorModel):
         if w > 0:  # a validation-supported share of the dynamic forecast (`calibrate`)
             g = self._dynamic_forecast(out, f_all, months)
             f_prior = f_prior + w * (g - post_mean[months])
+        scale = getattr(self, "forecast_scale_", None)  # the validation-fitted level (`forecast_scale`)
+        if scale is not None:
+            f_prior = f_prior * float(scale)
         f_prior = f_prior.astype(np.float32)
         return Forecast(
             months=months, r_hat=np.einsum("tnk,tk->tn", out["beta"], f_prior).astype(np.float32),

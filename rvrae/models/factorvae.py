@@ -189,6 +189,8 @@ class Config(NeuralConfig):
     # "shrunk" puts the attention prior in the AR(1)'s place, "prior" is Duan et al.'s forecast
     # as it is (its forecast R² was negative). Built-in panel seeds 0/1/2, 3 seeds: forecast
     # R² 0.52/−1.81/1.23 % with "ar1" (0.15/−1.81/−0.09 % with "shrunk")
+    forecast_scale: str = "valid"  # the forecast's level fitted on validation (NeuralConfig):
+    # rank-free, so Rank IC and Sharpe are unchanged; studies/FINDINGS.md, "The forecast's level"
     beta_portfolios: bool = False  # μ_post also reads the least-squares factors on the model's
     # own β (not in Duan et al.; module docstring: total R² 39 → 81 % of the oracle, forecast mixed)
 

@@ -39,6 +39,7 @@ METRIC_LABELS = {
     "rank_ic_span": ("β-span Rank IC", r"$\beta$-span Rank IC"),  # the Rank IC the betas allow
     "forecast_weight": ("Forecast share w", "Forecast share $w$"),  # of the dynamic forecast (calibrate)
     "forecast_tstat": ("Forecast share t", "Forecast share $t$"),  # its validation t-statistic
+    "forecast_scale": ("Forecast scale c", "Forecast scale $c$"),  # its level (forecast_scale)
     "sharpe": ("Sharpe", "Sharpe"),
     "sharpe_net": ("Sharpe (30 bps)", "Sharpe (30 bps)"),
     "turnover": ("Turnover", "Turnover"),

@@ -220,6 +220,8 @@ def train_trial(config: dict, panel, report=None) -> None:
         # the gate's edge (studies/FINDINGS.md, "How much of the AR(1) forecast").
         final["forecast_weight"] = float(model.forecast_weight_)
         final["forecast_tstat"] = float(model.forecast_tstat_)
+    if getattr(model, "forecast_scale_", None) is not None:  # its level c (`forecast_scale`)
+        final["forecast_scale"] = float(model.forecast_scale_)
     if history:
         # The learning curve goes into the row; valid_loss into every result, as an early-
         # stopping scheduler (ASHA) that reads it per epoch expects of the last one too.
