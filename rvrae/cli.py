@@ -46,7 +46,7 @@ def data_synth(
     fields.update({k: v for k, v in flags.items() if v is not None})
     synth = make_synthetic(SynthConfig(**fields))
     write_synthetic(synth, out)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out}", soft_wrap=True)
     print_oracle(synth, console)
     print_factors(synth, console)
 
@@ -82,7 +82,7 @@ def data_check(
     if ctx.info_name == "info":
         print_panel_info(panel, console)
     else:
-        console.print(f"ok: {path}: {panel.T} months, {panel.N} stocks, {panel.C} characteristics")
+        console.print(f"ok: {path}: {panel.T} months, {panel.N} stocks, {panel.C} characteristics", soft_wrap=True)
 
 
 # One command, two names: `check` validates, `info` also describes (same loader options).
@@ -163,7 +163,7 @@ def plot(
     from rvrae.results.plots import make_plots
 
     for p in make_plots(directory, out, fmt=fmt, identity=identity):
-        console.print(f"wrote {p}")
+        console.print(f"wrote {p}", soft_wrap=True)
 
 
 @app.command("demo")

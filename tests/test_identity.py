@@ -35,14 +35,17 @@ def test_a_study_on_a_planted_design(ray_session, tmp_path, capsys):
     design = tmp_path / "k2.json"
     design.write_text('{"seed": 4, "n_factors": 2, "n_chars": 5, "n_stocks": 60, "n_months": 60,'
                       ' "shapes": ["bump", "interaction"], "premia": [0.006, 0.003]}')
-    assert _bench(f"synthetic:{design}", tmp_path / "res", "3/1/1", 1, resume=False) == 0
-    df = read_results(tmp_path / "res", "benchmark")
+    res = tmp_path / ("a_results_folder_whose_path_is_longer_than_a_console_line_" + "x" * 30)
+    assert _bench(f"synthetic:{design}", res, "3/1/1", 1, resume=False) == 0
+    # the summary is one line, path whole, whatever the console's width (a pipe's is 80)
+    assert f"benchmark: 1 trials written to {res};" in capsys.readouterr().out.splitlines()[-1]
+    df = read_results(res, "benchmark")
     assert len(df) == 1 and df["status"].iloc[0] == "ok"
     assert df["data_source"].iloc[0].startswith("synthetic(seed=4, n_stocks=60, n_months=60, n_chars=5, n_factors=2")
     spans = df[["span_r2_1", "span_r2_2"]].iloc[0]  # one per true factor of the design
     assert ((spans > -1e-9) & (spans <= 1 + 1e-9)).all() and "span_r2_3" not in df.columns
     # the study generated the panel, so it knows the truth: the oracle heads the tables
-    assert rvrae_main(["table", str(tmp_path / "res"), "--format", "csv"]) == 0
+    assert rvrae_main(["table", str(res), "--format", "csv"]) == 0
     out = capsys.readouterr().out.splitlines()
     lines = out[out.index("study,model,m,metric,mean,std,n"):]  # the table after the study's own output
     assert lines[1].startswith("benchmark,oracle,0,r2_total,") and "benchmark,ipca,0,r2_total," in "\n".join(lines)

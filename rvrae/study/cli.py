@@ -145,9 +145,9 @@ def main(study: str, argv: list[str] | None = None, console=None) -> int:
         + (f" ({run.skipped} cells already there)" if run.skipped else "")
         + (" (restored)" if run.restored else "")
         + f"; {run.cpus_per_trial:g} CPU, {run.gpus_per_trial:g} GPU per trial, {run.max_concurrent} at a time",
-        highlight=False,
+        highlight=False, soft_wrap=True,  # one line: a path is not broken at the console's width
     )
     if study == "tune":
         console.print(f"best configs: {run.out / 'best_configs.json'}; Optuna studies: sqlite:///{run.out / 'optuna.db'}",
-                      highlight=False)  # fmt: skip
+                      highlight=False, soft_wrap=True)  # fmt: skip
     return 0

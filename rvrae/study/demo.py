@@ -70,7 +70,7 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 8, 
     finally:
         if started:
             ray.shutdown()
-    console.print(f"demo: {sum(written.values())} trials in {time.time() - t0:.0f}s, results in {out}", highlight=False)
+    console.print(f"demo: {sum(written.values())} trials in {time.time() - t0:.0f}s, results in {out}", highlight=False, soft_wrap=True)
     for study in ("benchmark", "robustness"):
         rows = read_results(out, study=study)
         ensembles = seed_ensembles(out, rows) if study == "benchmark" else None

@@ -395,7 +395,7 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
     else:
         validate(opts)
     for note in panel.meta.get("notices", []) if console is not None else []:
-        console.print(f"note: {panel.source}: {note}", highlight=False)
+        console.print(f"note: {panel.source}: {note}", highlight=False, soft_wrap=True)
     started = connect(opts.address, opts.verbose)
     try:
         capacity, shapes, now = cluster_capacity()

@@ -624,5 +624,5 @@ def run_speed(cases: str = CASES, quick: bool = False, out: Path | str | None = 
                       f"{n} rows in {time.perf_counter() - t0:.0f}s, load {load1():.2f}", highlight=False)  # fmt: skip
     render_summary(summarise(rows), console)
     if out is not None:
-        console.print(f"rows in {out}/study=speed (rvrae table {out} --study speed)", highlight=False)
+        console.print(f"rows in {out}/study=speed (rvrae table {out} --study speed)", highlight=False, soft_wrap=True)
     return rows
