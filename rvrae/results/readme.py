@@ -1,0 +1,158 @@
+"""The README's tables of the built-in panel ("Where the models stand"), printed from result
+folders, and checked against a document that carries them (`studies/readme_tables.py`).
+
+Rows typed by hand go stale silently: FactorVAE's once carried figures that no committed code
+gave (studies/FINDINGS.md, "Reproduction across machines"). Here every default row is
+formatted from a benchmark's stored rows by the same aggregation `rvrae table --share` uses
+(`build_tables`), so a document's row either equals what the code gives today or is reported.
+
+Layout of DIR: `seed{k}` holds the benchmark of RVRAE, IPCA, CA and FactorVAE on the built-in
+panel's draw k (default configs, 3 seeds), `seed{k}_seq` that of ALSTM and the Transformer at
+`--epochs 10` (the README's commands write exactly this). Two tables: draw 0 with every
+column, and draws 1 and 2 side by side with total R² share, forecast R² (predictive R²) and
+Rank IC (share).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from rvrae.errors import UserError
+from rvrae.results.oracle import ORACLE, read_oracle
+from rvrae.results.render import fmt_number
+from rvrae.results.store import read_results
+from rvrae.results.tables import Table, build_tables
+
+METRICS = ["r2_total", "r2_pred", "r2_forecast", "r2_beta", "rank_ic", "sharpe", "coverage90"]
+ROWS = {ORACLE: "oracle", "ipca": "IPCA", "ca": "CA", "factorvae": "FactorVAE", "alstm": "ALSTM",
+        "transformer": "Transformer", "rvrae": "RVRAE"}  # fmt: skip
+HEAD0 = ("| panel seed 0 | total R² | predictive R² | forecast R² | β-regression R² | Rank IC | Sharpe "
+         "| coverage90 |")  # fmt: skip
+HEAD12 = ("| | seed 1: total share | forecast R² (pred) | Rank IC (share) | seed 2: total share "
+          "| forecast R² (pred) | Rank IC (share) |")  # fmt: skip
+
+
+def panel_table(*folders: Path) -> Table:
+    """One mean(std) table of `METRICS` over the benchmark rows of `folders` (one panel), the
+    oracle's row first, shares of it filled in; one study identity per folder."""
+    merged: Table | None = None
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise UserError(f"{folder}: no such results folder (run the README's commands first)")
+        tables = build_tables(read_results(folder, study="benchmark"), study="benchmark", metrics=METRICS,
+                              oracle=read_oracle(folder), share=True)  # fmt: skip
+        if len(tables) != 1:
+            raise UserError(f"{folder}: {len(tables)} study identities; the README's rows come from one")
+        (t,) = tables
+        if merged is None:
+            merged = t
+            continue
+        new = t.frame.drop(index=[ORACLE], errors="ignore")
+        merged.frame = pd.concat([merged.frame, new.reindex(columns=merged.frame.columns)])
+        merged.share.update({k: v for k, v in t.share.items() if k[0] != ORACLE})
+    assert merged is not None
+    return merged
+
+
+def _num(t: Table, row: str, metric: str, field: str = "mean") -> str:
+    x = float(t.frame.loc[row, (metric, 0, field)])
+    if metric == "coverage90":  # a rate against 0.90: two decimals are what it is read to
+        text = "–" if not math.isfinite(x) else f"{x:.2f}"
+    else:
+        text = fmt_number(metric, x, t.scale.get(metric, 1.0))
+    return text.replace("-", "−")  # the README's minus
+
+
+def _mean_std(t: Table, row: str, metric: str) -> str:
+    """mean(std) where more than one seed went into it, the mean alone otherwise."""
+    n = int(t.frame.loc[row, (metric, 0, "n")])
+    return _num(t, row, metric) + (f"({_num(t, row, metric, 'std')})" if n > 1 else "")
+
+
+def _share(t: Table, row: str, metric: str) -> str:
+    s = t.share.get((row, metric, 0))
+    return "" if s is None else f" ({round(100 * s)} %)".replace("-", "−")
+
+
+def _rows(t: Table) -> list[str]:
+    return [r for r in ROWS if r in t.frame.index]
+
+
+def table_seed0(t: Table) -> list[str]:
+    lines = [HEAD0, "|" + "---|" * 8]
+    for r in _rows(t):
+        cells = [ROWS[r], _mean_std(t, r, "r2_total") + _share(t, r, "r2_total"), _num(t, r, "r2_pred"),
+                 _mean_std(t, r, "r2_forecast"), _num(t, r, "r2_beta"),
+                 _mean_std(t, r, "rank_ic") + _share(t, r, "rank_ic"), _num(t, r, "sharpe"),
+                 _num(t, r, "coverage90")]  # fmt: skip
+        if r == ORACLE:
+            cells = [ROWS[r]] + [_num(t, r, m) for m in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def table_seeds12(t1: Table, t2: Table) -> list[str]:
+    def part(t: Table, r: str) -> list[str]:
+        if r not in t.frame.index:
+            return ["–"] * 3
+        total = _num(t, r, "r2_total") if r == ORACLE else _share(t, r, "r2_total").strip(" ()")
+        return [total, f"{_num(t, r, 'r2_forecast')} ({_num(t, r, 'r2_pred')})",
+                _mean_std(t, r, "rank_ic") + _share(t, r, "rank_ic")]
+
+    lines = [HEAD12, "|" + "---|" * 7]
+    for r in ROWS:
+        if r in t1.frame.index or r in t2.frame.index:
+            lines.append("| " + " | ".join([ROWS[r], *part(t1, r), *part(t2, r)]) + " |")
+    return lines
+
+
+def readme_tables(root: Path) -> tuple[list[str], list[str]]:
+    """The two tables from `root`/seed{k}[_seq]."""
+    root = Path(root)
+
+    def panel(k: int) -> Table:
+        folders = [root / f"seed{k}"] + ([root / f"seed{k}_seq"] if (root / f"seed{k}_seq").is_dir() else [])
+        return panel_table(*folders)
+
+    return table_seed0(panel(0)), table_seeds12(panel(1), panel(2))
+
+
+def _doc_rows(text: str, head: str) -> dict[str, str] | None:
+    """The rows of the table whose header starts as `head` does (up to its second cell's
+    first words: a document may word its column headers its own way), by their first cell."""
+    key = "|".join(head.split("|")[:3]).split(":")[0]
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(key)), None)
+    if start is None:
+        return None
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows[line.split("|")[1].strip()] = line.strip()
+    return rows
+
+
+def check(text: str, tables: tuple[list[str], list[str]]) -> list[str]:
+    """Every generated row against the document's row of the same label in the same table:
+    one message per row missing or different. Rows only the document has (variants run with
+    other configs, e.g. FINDINGS' `CA [ar1]`) are not this check's business."""
+    problems = []
+    for lines in tables:
+        head, generated = lines[0], lines[2:]
+        doc = _doc_rows(text, head)
+        if doc is None:
+            problems.append(f"table not found: {head}")
+            continue
+        for line in generated:
+            label = line.split("|")[1].strip()
+            have = doc.get(label)
+            if have is None:
+                problems.append(f"row missing: {line}")
+            elif re.sub(r"\s+", " ", have) != re.sub(r"\s+", " ", line):
+                problems.append(f"row differs:\n  document: {have}\n  results:  {line}")
+    return problems
