@@ -25,7 +25,7 @@ from rvrae.errors import UserError
 from rvrae.results.oracle import ORACLE, read_oracle
 from rvrae.results.render import fmt_number
 from rvrae.results.store import read_results
-from rvrae.results.tables import Table, build_tables
+from rvrae.results.tables import FIELDS, Table, build_tables
 
 METRICS = ["r2_total", "r2_pred", "r2_forecast", "r2_beta", "rank_ic", "sharpe", "coverage90"]
 ROWS = {ORACLE: "oracle", "ipca": "IPCA", "ca": "CA", "factorvae": "FactorVAE", "alstm": "ALSTM",
@@ -43,11 +43,16 @@ def panel_table(*folders: Path) -> Table:
     for folder in folders:
         if not Path(folder).is_dir():
             raise UserError(f"{folder}: no such results folder (run the README's commands first)")
-        tables = build_tables(read_results(folder, study="benchmark"), study="benchmark", metrics=METRICS,
-                              oracle=read_oracle(folder), share=True)  # fmt: skip
+        df = read_results(folder, study="benchmark")
+        have = [m for m in METRICS if m in df.columns and df[m].notna().any()]  # no r_std: no coverage90
+        tables = build_tables(df, study="benchmark", metrics=have, oracle=read_oracle(folder), share=True)
         if len(tables) != 1:
             raise UserError(f"{folder}: {len(tables)} study identities; the README's rows come from one")
         (t,) = tables
+        for metric in METRICS:
+            if metric not in have:  # printed "–"
+                for f in FIELDS:
+                    t.frame[(metric, 0, f)] = {"n": 0, "sig": False, "best": False}.get(f, math.nan)
         if merged is None:
             merged = t
             continue
