@@ -250,6 +250,9 @@ class NeuralFactorModel(FactorModel):
         out = self._run(tensors, hist)
         self.calibrate_fit(out, panel, np.asarray(train_months))
         g = self._dynamic_forecast(out, out["f_post"], hist)  # rows = months 0..end of valid
+        scaled = self.config.forecast_scale == "valid" and self.config.forecast != "prior"
+        if g is None and not scaled:
+            return  # nothing to fit: the prevailing-mean forecast, or the prior's as it is
         post_mean = prevailing_mean(out["f_post"])  # [months 0..end of valid, K]
         fbar = self._premia(out["beta"], post_mean, panel, hist)[valid_months].astype(np.float64)
         beta = out["beta"][valid_months].astype(np.float64)  # [t, N, K]
@@ -277,7 +280,7 @@ class NeuralFactorModel(FactorModel):
                 w = 0.0
             self.forecast_weight_ = np.float32(w)
             f_fc = fbar + w * d
-        if self.config.forecast_scale == "valid" and self.config.forecast != "prior":
+        if scaled:
             # c = the through-origin slope of r on r̂ = β f_fc over the validation stock-months
             r_hat = np.where(mask, np.einsum("tnk,tk->tn", beta, f_fc), 0.0)
             rr = float(np.sum(r_hat * r_hat))
