@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rvrae.results.readme import METRICS, check, table_seed0, table_seeds12
+from rvrae.results.readme import METRICS, SHARE_COLUMNS, check, check_cells, share_tables, table_seed0, table_seeds12
 from rvrae.results.tables import FIELDS, Table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,3 +89,27 @@ def test_script_says_which_folder_is_missing(tmp_path, capsys):
         sys.path.pop(0)
     assert main([str(tmp_path / "nowhere")]) == 2
     assert f"{tmp_path / 'nowhere' / 'seed0'}: no such results folder" in capsys.readouterr().err
+
+
+def _shares(values: dict[str, float]) -> Table:
+    """A panel's table with only shares: r2_total and rank_ic at `values` of the oracle's."""
+    rows = {"oracle": ORACLE_ROW, **{m: {"r2_total": (0.16 * v, 0.0, 3), "rank_ic": (0.098 * v, 0.0, 3)} for m, v in values.items()}}
+    share = {(m, k, 0): v for m, v in values.items() for k in ("r2_total", "rank_ic")}
+    return _table(rows, share)
+
+
+def test_unseen_share_tables_bold_the_best_only_when_all_six_are_there_and_check_cell_by_cell():
+    full = dict(zip(SHARE_COLUMNS, (0.98, 0.87, 0.91, 0.87, 0.87, 0.74)))
+    doc_tables = share_tables({"A": _shares(full), "B": _shares({**full, "ipca": -0.05})})
+    assert doc_tables[0][0] == "| total R² share | RVRAE | CA | IPCA | ALSTM | Transformer | FactorVAE |"
+    assert doc_tables[0][2] == "| A | **98 %** | 87 % | 91 % | 87 % | 87 % | 74 % |"
+    assert doc_tables[1][3] == "| B | **98 %** | 87 % | −5 % | 87 % | 87 % | 74 % |"
+    doc = "\n\n".join("\n".join(t) for t in doc_tables)
+    # a rerun of two models: their cells are compared, the others' ("–") are not, bold aside
+    part = share_tables({"A": _shares({"rvrae": 0.98, "ipca": 0.91}), "B": _shares({"rvrae": 0.98, "ipca": -0.05})})
+    assert part[0][2] == "| A | 98 % | – | 91 % | – | – | – |"
+    assert check_cells(doc, part) == []
+    moved = share_tables({"A": _shares({"rvrae": 0.98, "ipca": 0.90}), "B": _shares({"rvrae": 0.98})})
+    assert check_cells(doc, moved) == ["total R² share, A, IPCA: document 91 %, results 90 %",
+                                       "Rank IC share, A, IPCA: document 91 %, results 90 %"]
+    assert check_cells(doc.replace("| B |", "| B2 |"), part) == ["row missing: " + part[0][3], "row missing: " + part[1][3]]

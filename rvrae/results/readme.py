@@ -6,6 +6,10 @@ gave (studies/FINDINGS.md, "Reproduction across machines"). Here every default r
 formatted from a benchmark's stored rows by the same aggregation `rvrae table --share` uses
 (`build_tables`), so a document's row either equals what the code gives today or is reported.
 
+The unseen panels' two share tables (total R², Rank IC; a row per panel, a column per model)
+come from `P` and `P_seq` the same way, for the panels asked for, and are checked cell by cell:
+a cell the results do not have (a model not rerun) is not compared.
+
 Layout of DIR: `seed{k}` holds the benchmark of RVRAE, IPCA, CA and FactorVAE on the built-in
 panel's draw k (default configs, 3 seeds), `seed{k}_seq` that of ALSTM and the Transformer at
 `--epochs 10` (the README's commands write exactly this). Two tables: draw 0 with every
@@ -115,6 +119,55 @@ def table_seeds12(t1: Table, t2: Table) -> list[str]:
     return lines
 
 
+SHARE_COLUMNS = ["rvrae", "ca", "ipca", "alstm", "transformer", "factorvae"]  # the README's order
+SHARE_HEADS = {"r2_total": "total R² share", "rank_ic": "Rank IC share"}
+
+
+def share_tables(tables: dict[str, Table]) -> list[list[str]]:
+    """The unseen panels' tables: per metric a row per panel, a column per model, each cell
+    the model's mean as a share of the oracle's; the best of a row in bold where all six
+    models are in it (with fewer, the best is not known)."""
+    out = []
+    for metric, head in SHARE_HEADS.items():
+        lines = ["| " + " | ".join([head, *(ROWS[m] for m in SHARE_COLUMNS)]) + " |", "|" + "---|" * 7]
+        for panel, t in tables.items():
+            shares = {m: t.share.get((m, metric, 0)) for m in SHARE_COLUMNS}
+            known = [v for v in shares.values() if v is not None]
+            best = max(known) if len(known) == len(SHARE_COLUMNS) else None
+            cells = []
+            for m in SHARE_COLUMNS:
+                v = shares[m]
+                text = "–" if v is None else _share(t, m, metric).strip(" ()")
+                cells.append(f"**{text}**" if v is not None and v == best else text)
+            lines.append("| " + " | ".join([panel, *cells]) + " |")
+        out.append(lines)
+    return out
+
+
+def check_cells(text: str, tables: list[list[str]]) -> list[str]:
+    """The unseen panels' tables cell by cell: every cell the results have ("–" where a model
+    was not rerun) against the document's, bold marks aside."""
+    problems = []
+    for lines in tables:
+        head = lines[0]
+        doc = _doc_rows(text, head)
+        if doc is None:
+            problems.append(f"table not found: {head}")
+            continue
+        models = [c.strip() for c in head.split("|")[2:-1]]
+        for line in lines[2:]:
+            cells = [c.strip().strip("*") for c in line.split("|")[1:-1]]
+            have = doc.get(cells[0])
+            if have is None:
+                problems.append(f"row missing: {line}")
+                continue
+            theirs = [c.strip().strip("*") for c in have.split("|")[1:-1]]
+            for model, mine, their in zip(models, cells[1:], theirs[1:]):
+                if mine != "–" and mine != their:
+                    problems.append(f"{head.split('|')[1].strip()}, {cells[0]}, {model}: document {their}, results {mine}")
+    return problems
+
+
 def readme_tables(root: Path) -> tuple[list[str], list[str]]:
     """The two tables from `root`/seed{k}[_seq]."""
     root = Path(root)
@@ -124,6 +177,14 @@ def readme_tables(root: Path) -> tuple[list[str], list[str]]:
         return panel_table(*folders)
 
     return table_seed0(panel(0)), table_seeds12(panel(1), panel(2))
+
+
+def unseen_tables(root: Path, panels: list[str]) -> list[list[str]]:
+    """The share tables of the unseen panels from `root`/P[_seq] for each panel P."""
+    root = Path(root)
+    tables = {p: panel_table(*[root / f"{p}{s}" for s in ("", "_seq") if s == "" or (root / f"{p}{s}").is_dir()])
+              for p in panels}  # fmt: skip
+    return share_tables(tables)
 
 
 def _doc_rows(text: str, head: str) -> dict[str, str] | None:
