@@ -344,9 +344,8 @@ class NeuralFactorModel(FactorModel):
         if w > 0:  # a validation-supported share of the dynamic forecast (`calibrate`)
             g = self._dynamic_forecast(out, f_all, months)
             f_prior = f_prior + w * (g - post_mean[months])
-        scale = getattr(self, "forecast_scale_", None)  # the validation-fitted level (`forecast_scale`)
-        if scale is not None:
-            f_prior = f_prior * float(scale)
+        if self.forecast_scale_ is not None:  # the validation-fitted level (`forecast_scale`)
+            f_prior = f_prior * float(self.forecast_scale_)
         f_prior = f_prior.astype(np.float32)
         return Forecast(
             months=months, r_hat=np.einsum("tnk,tk->tn", out["beta"], f_prior).astype(np.float32),

@@ -32,6 +32,8 @@ from rvrae.results.store import read_results
 from rvrae.results.tables import FIELDS, Table, build_tables
 
 METRICS = ["r2_total", "r2_pred", "r2_forecast", "r2_beta", "rank_ic", "sharpe", "coverage90"]
+# The README's row labels, in its order (render.MODEL_LABELS has the paper's: "Trans",
+# "Oracle (true model)")
 ROWS = {ORACLE: "oracle", "ipca": "IPCA", "ca": "CA", "factorvae": "FactorVAE", "alstm": "ALSTM",
         "transformer": "Transformer", "rvrae": "RVRAE"}  # fmt: skip
 HEAD0 = ("| panel seed 0 | total R² | predictive R² | forecast R² | β-regression R² | Rank IC | Sharpe "
@@ -82,9 +84,15 @@ def _mean_std(t: Table, row: str, metric: str) -> str:
     return _num(t, row, metric) + (f"({_num(t, row, metric, 'std')})" if n > 1 else "")
 
 
-def _share(t: Table, row: str, metric: str) -> str:
+def _pct(t: Table, row: str, metric: str) -> str | None:
+    """The row's share of the oracle's as the README prints it ("96 %"); None without one."""
     s = t.share.get((row, metric, 0))
-    return "" if s is None else f" ({round(100 * s)} %)".replace("-", "−")
+    return None if s is None else f"{round(100 * s)} %".replace("-", "−")
+
+
+def _share(t: Table, row: str, metric: str) -> str:
+    pct = _pct(t, row, metric)
+    return "" if pct is None else f" ({pct})"
 
 
 def _rows(t: Table) -> list[str]:
@@ -108,7 +116,7 @@ def table_seeds12(t1: Table, t2: Table) -> list[str]:
     def part(t: Table, r: str) -> list[str]:
         if r not in t.frame.index:
             return ["–"] * 3
-        total = _num(t, r, "r2_total") if r == ORACLE else _share(t, r, "r2_total").strip(" ()")
+        total = _num(t, r, "r2_total") if r == ORACLE else _pct(t, r, "r2_total") or ""
         return [total, f"{_num(t, r, 'r2_forecast')} ({_num(t, r, 'r2_pred')})",
                 _mean_std(t, r, "rank_ic") + _share(t, r, "rank_ic")]
 
@@ -136,9 +144,8 @@ def share_tables(tables: dict[str, Table]) -> list[list[str]]:
             best = max(known) if len(known) == len(SHARE_COLUMNS) else None
             cells = []
             for m in SHARE_COLUMNS:
-                v = shares[m]
-                text = "–" if v is None else _share(t, m, metric).strip(" ()")
-                cells.append(f"**{text}**" if v is not None and v == best else text)
+                text = _pct(t, m, metric) or "–"
+                cells.append(f"**{text}**" if shares[m] is not None and shares[m] == best else text)
             lines.append("| " + " | ".join([panel, *cells]) + " |")
         out.append(lines)
     return out
@@ -168,23 +175,20 @@ def check_cells(text: str, tables: list[list[str]]) -> list[str]:
     return problems
 
 
+def _panel(root: Path, name: str) -> Table:
+    """`root`/name, and `root`/name_seq where the sequence models ran as a study of their own."""
+    seq = Path(root) / f"{name}_seq"
+    return panel_table(Path(root) / name, *([seq] if seq.is_dir() else []))
+
+
 def readme_tables(root: Path) -> tuple[list[str], list[str]]:
     """The two tables from `root`/seed{k}[_seq]."""
-    root = Path(root)
-
-    def panel(k: int) -> Table:
-        folders = [root / f"seed{k}"] + ([root / f"seed{k}_seq"] if (root / f"seed{k}_seq").is_dir() else [])
-        return panel_table(*folders)
-
-    return table_seed0(panel(0)), table_seeds12(panel(1), panel(2))
+    return table_seed0(_panel(root, "seed0")), table_seeds12(_panel(root, "seed1"), _panel(root, "seed2"))
 
 
 def unseen_tables(root: Path, panels: list[str]) -> list[list[str]]:
     """The share tables of the unseen panels from `root`/P[_seq] for each panel P."""
-    root = Path(root)
-    tables = {p: panel_table(*[root / f"{p}{s}" for s in ("", "_seq") if s == "" or (root / f"{p}{s}").is_dir()])
-              for p in panels}  # fmt: skip
-    return share_tables(tables)
+    return share_tables({p: _panel(root, p) for p in panels})
 
 
 def _doc_rows(text: str, head: str) -> dict[str, str] | None:
