@@ -37,12 +37,16 @@ def fit_module(
     seed: int,
     progress: Progress | None = None,
     valid_fn: Callable[[Batch], torch.Tensor] | None = None,
+    param_groups: list[dict] | None = None,
 ) -> list[dict]:
     """Train `net` in place; returns the per-epoch history. Early stopping watches
-    `valid_fn` on the validation months (default: `loss_fn`). Raises FloatingPointError when the
-    loss stops being finite (the harness records the trial as an error)."""
+    `valid_fn` on the validation months (default: `loss_fn`). `param_groups` (Adam's, each may
+    set its own `weight_decay`) default to every parameter at `cfg.weight_decay`. Raises
+    FloatingPointError when the loss stops being finite (the harness records the trial as an
+    error)."""
     rng = np.random.default_rng(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = param_groups if param_groups is not None else net.parameters()
+    opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     best, best_state, bad, history = math.inf, None, 0, []
     bm = max(1, int(cfg.batch_months))
     for epoch in range(1, int(cfg.epochs) + 1):

@@ -100,6 +100,29 @@ def test_prior_sees_only_the_past():
     assert not torch.equal(a["mu_p"][:, 3], b["mu_p"][:, 3])
 
 
+def test_prior_decay_false_leaves_the_prior_out_of_the_weight_decay():
+    """The prior's only gradient is λ·KL's, per live stock: Adam's decay pulls its weights to
+    zero (in every default fit on the seven panels the prior sat at N(0, 1)). With
+    `prior_decay=False` the prior is a group of its own at weight decay 0; every other
+    weight is decayed as before."""
+    panel = planted_panel()
+    assert RVRAE(SMALL).param_groups(RVRAE(SMALL).build(panel)) is None
+    model = RVRAE({**SMALL, "prior_decay": False})
+    net = model.build(panel)
+    rest, prior = model.param_groups(net)
+    assert prior["weight_decay"] == 0.0 and "weight_decay" not in rest
+    assert {id(p) for p in prior["params"]} == {id(p) for p in net.prior.parameters()}
+    assert {id(p) for p in rest["params"]} | {id(p) for p in prior["params"]} == {id(p) for p in net.parameters()}
+    assert len(rest["params"]) + len(prior["params"]) == len(list(net.parameters()))
+    # at a strong decay the prior's output layer shrinks with it and keeps its size without
+    norms = {}
+    for decay in (True, False):
+        net = fitted(panel, epochs=3, lr=0.03, weight_decay=0.3, prior_decay=decay).net_
+        norms[decay] = (net.prior[-1].weight.norm().item(), net.beta_out.weight.norm().item())
+    assert norms[True][0] < 0.5 * norms[False][0], norms
+    assert norms[True][1] == pytest.approx(norms[False][1], rel=0.2), norms  # the rest decays alike
+
+
 def test_same_seed_same_forecast_on_cpu():
     panel = planted_panel()
     a = fitted(panel).predict(panel.view(TEST))

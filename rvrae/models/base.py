@@ -201,6 +201,10 @@ class NeuralFactorModel(FactorModel):
         does not depend on the searched KL weight (SPEC §3.1)."""
         return self.loss(net, batch)
 
+    def param_groups(self, net: torch.nn.Module) -> list[dict] | None:
+        """Adam's parameter groups; None: every parameter at the config's weight decay."""
+        return None
+
     def fit(self, train, valid, seed=0, device="cpu", progress=None):
         from rvrae.train import fit_module, seed_everything
 
@@ -220,6 +224,7 @@ class NeuralFactorModel(FactorModel):
             seed=seed,
             progress=progress,
             valid_fn=lambda b: self.valid_loss(self.net_, b),
+            param_groups=self.param_groups(self.net_),
         )
         self.calibrate(valid, valid_tensors, train.target_months, valid.target_months)
         return self

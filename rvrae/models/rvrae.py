@@ -175,6 +175,7 @@ class Config(NeuralConfig):
     batch_months: int = 1  # one cross-section per optimiser step (GKX, CPZ)
     weight_decay: float = 3e-4  # Adam's L2 penalty on every weight (the paper names none;
     # NeuralConfig's default is 0): measured reason in the module docstring
+    prior_decay: bool = True  # weight decay on the prior's weights too (see `param_groups`)
     patience: int = 10  # early stopping (NeuralConfig's default is 5): the factor path can sit
     # on a plateau for 5+ epochs before it finds a factor (module docstring)
 
@@ -331,6 +332,17 @@ class RVRAE(NeuralFactorModel):
     def build(self, panel: Panel) -> RVRAENet:
         y_scale, r_var = _scales(panel, self.config.ridge, self.config.constant)
         return RVRAENet(panel.C, self.config, y_scale=y_scale, r_var=r_var)
+
+    def param_groups(self, net: RVRAENet) -> list[dict] | None:
+        """With `prior_decay=False` the prior's weights are not decayed. The only gradient
+        that reaches the prior is λ·KL's, scaled per live stock (λ/N ≈ 3e-6 a month), far below
+        the decay's `weight_decay`·θ: with decay the prior sits at N(0, 1) in every fit."""
+        if self.config.prior_decay:
+            return None
+        prior = list(net.prior.parameters())
+        ids = {id(p) for p in prior}
+        rest = [p for p in net.parameters() if id(p) not in ids]
+        return [{"params": rest}, {"params": prior, "weight_decay": 0.0}]
 
     def kl_terms(self, net: RVRAENet, batch: Batch, q: dict | None = None):
         """Per-step KL(q_τ ‖ p_τ) [B, L] and the loss's term (1/L) Σ_τ KL, averaged over the
