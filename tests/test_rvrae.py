@@ -100,20 +100,23 @@ def test_prior_sees_only_the_past():
     assert not torch.equal(a["mu_p"][:, 3], b["mu_p"][:, 3])
 
 
-def test_prior_decay_false_leaves_the_prior_out_of_the_weight_decay():
+def test_prior_decay_leaves_the_prior_out_of_the_weight_decay_where_the_forecast_reads_it():
     """The prior's only gradient is λ·KL's, per live stock: Adam's decay pulls its weights to
-    zero (in every default fit on the seven panels the prior sat at N(0, 1)). With
-    `prior_decay=False` the prior is a group of its own at weight decay 0; every other
-    weight is decayed as before."""
+    zero (in every default fit on the seven panels the prior sat at N(0, 1)). Undecayed, the
+    prior is a group of its own at weight decay 0; every other weight is decayed as before.
+    By default (`prior_decay=None`) that is so exactly where the forecast reads the prior."""
     panel = planted_panel()
-    assert RVRAE(SMALL).param_groups(RVRAE(SMALL).build(panel)) is None
-    model = RVRAE({**SMALL, "prior_decay": False})
-    net = model.build(panel)
-    rest, prior = model.param_groups(net)
-    assert prior["weight_decay"] == 0.0 and "weight_decay" not in rest
-    assert {id(p) for p in prior["params"]} == {id(p) for p in net.prior.parameters()}
-    assert {id(p) for p in rest["params"]} | {id(p) for p in prior["params"]} == {id(p) for p in net.parameters()}
-    assert len(rest["params"]) + len(prior["params"]) == len(list(net.parameters()))
+    net = RVRAE(SMALL).build(panel)
+    assert RVRAE(SMALL).param_groups(net) is None  # forecast="ar1": nothing reads the prior
+    assert RVRAE({**SMALL, "forecast": "prior", "prior_decay": True}).param_groups(net) is None
+    for over in ({"prior_decay": False}, {"forecast": "prior"}, {"forecast": "shrunk"}):
+        rest, prior = RVRAE({**SMALL, **over}).param_groups(net)
+        assert prior["weight_decay"] == 0.0 and "weight_decay" not in rest, over
+        assert {id(p) for p in prior["params"]} == {id(p) for p in net.prior.parameters()}
+        assert {id(p) for p in rest["params"]} | {id(p) for p in prior["params"]} == {id(p) for p in net.parameters()}
+        assert len(rest["params"]) + len(prior["params"]) == len(list(net.parameters()))
+    with pytest.raises(UserError, match="prior_decay"):
+        RVRAE({**SMALL, "prior_decay": "no"})
     # at a strong decay the prior's output layer shrinks with it and keeps its size without
     norms = {}
     for decay in (True, False):
