@@ -12,6 +12,8 @@ Torch-free, so every layer may import it; each helper exists once, here.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -44,6 +46,19 @@ def prevailing_mean(f_all: np.ndarray) -> np.ndarray:
     out = np.zeros_like(csum)
     out[1:] = csum[:-1] / np.arange(1, len(f_all))[:, None]
     return out.astype(np.float32)
+
+
+def prior_spread(z_prior: np.ndarray, z_post: np.ndarray) -> float:
+    """How much a prior's mean moves from month to month against the posterior's: the mean
+    over latent dimensions k of std_t(z_prior[:, k]) / std_t(z_post[:, k]), both [t, K]
+    (dimensions whose posterior does not move are left out; NaN if none moves). 0: the prior
+    forecasts the same latent factors every month, whatever happened before."""
+    prior, post = np.asarray(z_prior, np.float64), np.asarray(z_post, np.float64)
+    sd_post = post.std(axis=0)
+    moving = sd_post > 0
+    if len(post) < 2 or not moving.any():
+        return math.nan
+    return float(np.mean(prior.std(axis=0)[moving] / sd_post[moving]))
 
 
 def prevailing_ar1(f_all: np.ndarray, min_pairs: int = 12) -> np.ndarray:

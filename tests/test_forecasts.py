@@ -55,8 +55,9 @@ def test_every_trial_leaves_forecasts_and_a_learning_curve(bench):
         months = pd.to_datetime(fc["date"]).dt.to_period("M").astype(str)
         assert set(months) == {str(d) for d in panel.dates[scored]}
         assert fc["r_std"].notna().all() == (r["model"] == "factorvae")  # IPCA has no r_std
-        if r["model"] == "ipca":  # no dynamic forecast, no share
+        if r["model"] == "ipca":  # no dynamic forecast, no share, no prior
             assert math.isnan(r.get("forecast_weight", math.nan))
+            assert math.isnan(r.get("prior_spread", math.nan))
         if r["model"] == "factorvae":
             # the AR(1) share the forecast used, and its validation t: w = 0 below the gate,
             # where r̂ is β̂ times the prevailing mean of f_post (fit_pred) at the forecast's
@@ -65,6 +66,7 @@ def test_every_trial_leaves_forecasts_and_a_learning_curve(bench):
             assert 0.0 <= w <= 1.0 and (w == 0.0 or t >= 2.0) and FORECAST_SCALE_FLOOR <= c <= 1.0
             at_mean = np.allclose(fc["r_hat"], c * fc["fit_pred"], atol=1e-6)
             assert at_mean == (w == 0.0), (w, t)
+            assert math.isfinite(r["prior_spread"]) and r["prior_spread"] >= 0.0  # its prior's movement
             curve = json.loads(r["history"])
             assert [c["epoch"] for c in curve] == [1, 2] and all(
                 math.isfinite(c["train_loss"]) and math.isfinite(c["valid_loss"]) for c in curve)

@@ -25,6 +25,16 @@ def test_prevailing_mean_by_hand():
     assert npx.prevailing_mean(f).dtype == np.float32
 
 
+def test_prior_spread_by_hand():
+    post = np.array([[0.0, 1.0, 5.0], [2.0, 1.0, 5.0], [4.0, 1.0, 5.0]])  # stds 1.633, 0, 0
+    prior = np.array([[1.0, 3.0, 0.0], [2.0, 0.0, 0.0], [3.0, 9.0, 0.0]])  # stds 0.816, ...
+    # only the first dimension's posterior moves: its prior moves half as much
+    assert npx.prior_spread(prior, post) == pytest.approx(0.5)
+    post[:, 2] = [1.0, 2.0, 3.0]  # the third moves now; its prior does not
+    assert npx.prior_spread(prior, post) == pytest.approx((0.5 + 0.0) / 2)
+    assert npx.prior_spread(np.ones((3, 2)), np.ones((3, 2))) != npx.prior_spread(np.ones((3, 2)), np.ones((3, 2)))  # NaN
+
+
 def test_prevailing_ar1_is_each_factors_least_squares_ar1_on_the_rows_before():
     rng = np.random.default_rng(0)
     f = np.zeros((60, 3))

@@ -118,12 +118,21 @@ def test_prior_decay_leaves_the_prior_out_of_the_weight_decay_where_the_forecast
     with pytest.raises(UserError, match="prior_decay"):
         RVRAE({**SMALL, "prior_decay": "no"})
     # at a strong decay the prior's output layer shrinks with it and keeps its size without
-    norms = {}
+    norms, spread = {}, {}
     for decay in (True, False):
-        net = fitted(panel, epochs=3, lr=0.03, weight_decay=0.3, prior_decay=decay).net_
+        model = fitted(panel, epochs=3, lr=0.03, weight_decay=0.3, prior_decay=decay)
+        net = model.net_
         norms[decay] = (net.prior[-1].weight.norm().item(), net.beta_out.weight.norm().item())
+        spread[decay] = model.prior_spread_
+        # `prior_spread` (stored per trial): std over the validation months of the prior's
+        # latent mean against the posterior's, dimension by dimension
+        with torch.no_grad():
+            q = net.infer(PanelTensors(panel, "cpu", model.config.seq_len).batch(VALID))[2]
+        ratio = q["mu_p"][:, -1].double().std(0, unbiased=False) / q["mu_q"][:, -1].double().std(0, unbiased=False)
+        assert spread[decay] == pytest.approx(ratio.mean().item(), rel=1e-4)
     assert norms[True][0] < 0.5 * norms[False][0], norms
     assert norms[True][1] == pytest.approx(norms[False][1], rel=0.2), norms  # the rest decays alike
+    assert spread[True] < 0.5 * spread[False], spread  # a decayed prior barely moves
 
 
 def test_same_seed_same_forecast_on_cpu():

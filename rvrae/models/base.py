@@ -22,7 +22,7 @@ import torch
 
 from rvrae.data.panel import Panel, window_months
 from rvrae.errors import UserError
-from rvrae.npx import ls_factors, prevailing_ar1, prevailing_mean  # the factor forecasts (eq. 33)
+from rvrae.npx import ls_factors, prevailing_ar1, prevailing_mean, prior_spread  # the factor forecasts (eq. 33)
 
 # progress(epoch, {"train_loss": ..., "valid_loss": ...}); the study harness reports it to Tune.
 Progress = Callable[[int, dict], None]
@@ -248,12 +248,15 @@ class NeuralFactorModel(FactorModel):
         level, not its ranks. `calibrate_fit` lets a model take more from the same pass
         (RVRAE: residual variance)."""
         self.forecast_weight_ = self.forecast_tstat_ = self.forecast_scale_ = None
+        self.prior_spread_ = None
         valid_months = np.asarray(valid_months)
         if len(valid_months) == 0:
             return
         hist = np.arange(int(valid_months.max()) + 1)
         out = self._run(tensors, hist)
         self.calibrate_fit(out, panel, np.asarray(train_months))
+        if "z_prior" in out:  # a model with a learned prior: does it move (`prior_spread`)?
+            self.prior_spread_ = prior_spread(out["z_prior"][valid_months], out["z_post"][valid_months])
         g = self._dynamic_forecast(out, out["f_post"], hist)  # rows = months 0..end of valid
         scaled = self.config.forecast_scale == "valid" and self.config.forecast != "prior"
         if g is None and not scaled:

@@ -239,6 +239,7 @@ class FactorVAE(NeuralFactorModel):
             "beta": torch.cat([beta, mu_a[..., None]], dim=-1),  # [β, α]: α on a unit factor
             "f_post": torch.cat([mu_post, one], dim=-1),
             "f_prior": torch.cat([mu_prior, one], dim=-1),
+            "z_prior": mu_prior, "z_post": mu_post,  # latent means (`prior_spread`)
         }
 
 

@@ -428,6 +428,7 @@ class RVRAE(NeuralFactorModel):
             "r_hat": torch.einsum("bnk,bk->bn", beta, f_prior),
             "beta": beta, "f_post": f_post, "f_prior": f_prior,
             "r_std": (fac_var + net.log_idio_var.exp()).sqrt(),  # + idiosyncratic variance
+            "z_prior": mu_p, "z_post": q["mu_q"][:, -1],  # latent means (`prior_spread`)
         }
 
     def calibrate_fit(self, out: dict, panel: Panel, train_months: np.ndarray) -> None:

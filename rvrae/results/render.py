@@ -40,6 +40,7 @@ METRIC_LABELS = {
     "forecast_weight": ("Forecast share w", "Forecast share $w$"),  # of the dynamic forecast (calibrate)
     "forecast_tstat": ("Forecast share t", "Forecast share $t$"),  # its validation t-statistic
     "forecast_scale": ("Forecast scale c", "Forecast scale $c$"),  # its level (forecast_scale)
+    "prior_spread": ("Prior spread", "Prior spread"),  # std_t of the prior's mean / posterior's
     "sharpe": ("Sharpe", "Sharpe"),
     "sharpe_net": ("Sharpe (30 bps)", "Sharpe (30 bps)"),
     "turnover": ("Turnover", "Turnover"),

@@ -222,6 +222,12 @@ def train_trial(config: dict, panel, report=None) -> None:
         final["forecast_tstat"] = float(model.forecast_tstat_)
     if getattr(model, "forecast_scale_", None) is not None:  # its level c (`forecast_scale`)
         final["forecast_scale"] = float(model.forecast_scale_)
+    if getattr(model, "prior_spread_", None) is not None:
+        # A learned prior's month-to-month movement against the posterior's, on the validation
+        # months (`rvrae.npx.prior_spread`): 0 says the prior forecasts the same every month
+        # (RVRAE's under its default weight decay: studies/FINDINGS.md, "The prior under
+        # weight decay").
+        final["prior_spread"] = float(model.prior_spread_)
     if history:
         # The learning curve goes into the row; valid_loss into every result, as an early-
         # stopping scheduler (ASHA) that reads it per epoch expects of the last one too.
