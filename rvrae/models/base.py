@@ -22,7 +22,7 @@ import torch
 
 from rvrae.data.panel import Panel, window_months
 from rvrae.errors import UserError
-from rvrae.npx import ls_factors, prevailing_ar1, prevailing_mean, prior_spread  # the factor forecasts (eq. 33)
+from rvrae.npx import ls_factors, prevailing_ar1, prevailing_mean, prior_spread  # eq. 33 and diagnostics
 
 # progress(epoch, {"train_loss": ..., "valid_loss": ...}); the study harness reports it to Tune.
 Progress = Callable[[int, dict], None]
