@@ -113,7 +113,8 @@ def test_prior_decay_leaves_the_prior_out_of_the_weight_decay_where_the_forecast
         rest, prior = RVRAE({**SMALL, **over}).param_groups(net)
         assert prior["weight_decay"] == 0.0 and "weight_decay" not in rest, over
         assert {id(p) for p in prior["params"]} == {id(p) for p in net.prior.parameters()}
-        assert {id(p) for p in rest["params"]} | {id(p) for p in prior["params"]} == {id(p) for p in net.parameters()}
+        every = {id(p) for p in net.parameters()}
+        assert {id(p) for p in rest["params"]} | {id(p) for p in prior["params"]} == every
         assert len(rest["params"]) + len(prior["params"]) == len(list(net.parameters()))
     with pytest.raises(UserError, match="prior_decay"):
         RVRAE({**SMALL, "prior_decay": "no"})
@@ -128,7 +129,8 @@ def test_prior_decay_leaves_the_prior_out_of_the_weight_decay_where_the_forecast
         # latent mean against the posterior's, dimension by dimension
         with torch.no_grad():
             q = net.infer(PanelTensors(panel, "cpu", model.config.seq_len).batch(VALID))[2]
-        ratio = q["mu_p"][:, -1].double().std(0, unbiased=False) / q["mu_q"][:, -1].double().std(0, unbiased=False)
+        sd_prior, sd_post = (q[k][:, -1].double().std(0, unbiased=False) for k in ("mu_p", "mu_q"))
+        ratio = sd_prior / sd_post
         assert spread[decay] == pytest.approx(ratio.mean().item(), rel=1e-4)
     assert norms[True][0] < 0.5 * norms[False][0], norms
     assert norms[True][1] == pytest.approx(norms[False][1], rel=0.2), norms  # the rest decays alike
