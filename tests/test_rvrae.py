@@ -2,6 +2,7 @@
 and that it learns the planted synthetic panel."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -308,6 +309,24 @@ def test_forecast_scale_is_the_validation_slope_through_the_origin_and_keeps_the
         ret[VALID] = np.where(panel.mask[VALID], k * r_hat[VALID], 0.0)
         model.calibrate(dataclasses.replace(panel, ret=ret).view(VALID), tensors, TRAIN, VALID)
         assert float(model.forecast_scale_) == pytest.approx(want, rel=1e-4), k
+    # "shrink" (FactorVAE's default): c times (1 − 1/t²)⁺, t = c / se(c) with the error
+    # clustered by month; here by hand, month by month, on returns k r̂ + noise
+    model.config = dataclasses.replace(model.config, forecast_scale="shrink")
+    rng = np.random.default_rng(0)
+    mask = panel.mask[VALID]
+    size = float(np.abs(r_hat[VALID][mask]).mean())
+    for k, noise in ((0.8, 4.0), (0.3, 10.0)):
+        ret = panel.ret.copy()
+        ret[VALID] = np.where(mask, k * r_hat[VALID] + noise * size * rng.standard_normal(mask.shape), 0.0)
+        model.calibrate(dataclasses.replace(panel, ret=ret).view(VALID), tensors, TRAIN, VALID)
+        x, y = np.where(mask, r_hat[VALID], 0.0).astype(np.float64), ret[VALID].astype(np.float64)
+        xx = sum(float(x[i] @ x[i]) for i in range(len(VALID)))
+        c = sum(float(x[i] @ y[i]) for i in range(len(VALID))) / xx
+        se = math.sqrt(sum(float(x[i] @ (y[i] - c * x[i])) ** 2 for i in range(len(VALID)))) / xx
+        t = c / se
+        want = max(min(c, 1.0) * max(0.0, 1.0 - 1.0 / t**2), FORECAST_SCALE_FLOOR)
+        assert float(model.forecast_scale_) == pytest.approx(want, rel=1e-4), (k, c, t)
+        assert want < min(max(c, FORECAST_SCALE_FLOOR), 1.0)  # below the plain slope's level
     with pytest.raises(UserError, match="forecast_scale"):
         RVRAE({**SMALL, "forecast_scale": "test"})
 

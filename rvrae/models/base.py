@@ -110,12 +110,14 @@ class NeuralConfig:
     # [FORECAST_SCALE_FLOOR, 1] (least squares through the origin: the forecast combined
     # with the zero forecast). One c for every stock and factor, so ranks, Rank IC, IC and the
     # long-short portfolios stay exactly as they are; only the level-sensitive scores move
-    # (forecast R², coverage90, NLL). FactorVAE's default (its α column overshot the level:
-    # studies/FINDINGS.md, "The forecast's level"), not RVRAE's
+    # (forecast R², coverage90, NLL). "shrink": c times (1 − 1/t²)⁺, t = c / se(c) with the
+    # error clustered by month — the rule `forecast_gate="shrink"` applies to w, towards the
+    # zero forecast where 36 months cannot tell c from 0. FactorVAE's default is "shrink" (its
+    # α column overshot the level: studies/FINDINGS.md, "The forecast's level"), not RVRAE's
     forecast_scale: str = "none"
 
 
-# The least share of its level a scaled forecast keeps (`forecast_scale="valid"`): at c = 0
+# The least share of its level a scaled forecast keeps (`forecast_scale`): at c = 0
 # every stock would be forecast 0 and nothing would be ranked; at 1 % it still orders the
 # stocks as the model does, and its forecast R² is the zero forecast's (0) plus
 # 0.02 Σ r r̂ / Σ r² − 0.0001 Σ r̂² / Σ r² (r̂ unscaled).
@@ -245,7 +247,7 @@ class NeuralFactorModel(FactorModel):
         per factor: K weights on 36 months were a lottery (test Rank IC 0.031 or 0.078 for the
         same model, measured). With `forecast_scale="valid"` the whole forecast β f_fc is then
         scaled by its through-origin slope on the validation returns, c ∈ [0.01, 1]: its
-        level, not its ranks. `calibrate_fit` lets a model take more from the same pass
+        level, not its ranks ("shrink": c shrunk by its t-statistic first). `calibrate_fit` lets a model take more from the same pass
         (RVRAE: residual variance)."""
         self.forecast_weight_ = self.forecast_tstat_ = self.forecast_scale_ = None
         self.prior_spread_ = None
@@ -258,7 +260,7 @@ class NeuralFactorModel(FactorModel):
         if "z_prior" in out:  # a model with a learned prior: does it move (`prior_spread`)?
             self.prior_spread_ = prior_spread(out["z_prior"][valid_months], out["z_post"][valid_months])
         g = self._dynamic_forecast(out, out["f_post"], hist)  # rows = months 0..end of valid
-        scaled = self.config.forecast_scale == "valid" and self.config.forecast != "prior"
+        scaled = self.config.forecast_scale != "none" and self.config.forecast != "prior"
         if g is None and not scaled:
             return  # nothing to fit: the prevailing-mean forecast, or the prior's as it is
         post_mean = prevailing_mean(out["f_post"])  # [months 0..end of valid, K]
@@ -293,6 +295,13 @@ class NeuralFactorModel(FactorModel):
             r_hat = np.where(mask, np.einsum("tnk,tk->tn", beta, f_fc), 0.0)
             rr = float(np.sum(r_hat * r_hat))
             c = float(np.sum(ret * r_hat)) / rr if rr > 0 else 1.0
+            if self.config.forecast_scale == "shrink" and rr > 0:
+                # c's t-statistic, the error clustered by month (as w's above), and the same
+                # plug-in shrinkage: E[ĉ²] = c² + se², so c²/(c² + se²) ≈ 1 − 1/t²
+                score = np.sum(r_hat * (ret - c * r_hat), axis=1)  # [t]
+                se = float(np.sqrt(np.sum(score * score))) / rr
+                t = c / se if se > 0 else (math.inf if c > 0 else 0.0)
+                c = min(c, 1.0) * (max(0.0, 1.0 - 1.0 / t**2) if t > 0 else 0.0)
             self.forecast_scale_ = min(max(c, FORECAST_SCALE_FLOOR), 1.0)
 
     def _dynamic_forecast(self, out: dict, f_all: np.ndarray, months: np.ndarray):

@@ -11,7 +11,7 @@ FORECASTS = ("mean", "ar1")  # every neural model's factor forecast (NeuralConfi
 FORECASTS_WITH_PRIOR = ("ar1", "shrunk", "prior", "mean")  # RVRAE, FactorVAE: their prior too
 PREMIA = ("factors", "ls")  # NeuralConfig.premia, checked for every neural model
 FORECAST_GATES = ("tstat", "shrink")  # NeuralConfig.forecast_gate, likewise
-FORECAST_SCALES = ("none", "valid")  # NeuralConfig.forecast_scale, likewise
+FORECAST_SCALES = ("none", "valid", "shrink")  # NeuralConfig.forecast_scale, likewise
 
 
 def check_config(model: str, cfg: Any, at_least_1: Iterable[str] = (), unit: Iterable[str] = (),

@@ -45,7 +45,7 @@ Our reading (SPEC §3.2):
   factor path", has the tables.
 * α in the shared Forecast: α enters as loading on a constant factor equal to 1. `beta` is
   [β, μ_α] (K+1 columns) and f_post / f_prior are [μ_post, 1] / [μ_prior, 1] (f_prior times
-  the forecast's level c under `forecast_scale="valid"`, the default), so
+  the forecast's level c under `forecast_scale`, "shrink" by default), so
   β·f_prior = r_hat exactly and R²_total / R²_pred (β·f) include α as the model does; the
   prevailing mean of the constant factor is 1, so R²_pred keeps α too.
 """
@@ -191,8 +191,9 @@ class Config(NeuralConfig):
     # as it is (its forecast R² was negative). Built-in panel seeds 0/1/2, 3 seeds: forecast
     # R² 0.52/−1.81/1.23 % with "ar1" (0.15/−1.81/−0.09 % with "shrunk"), before
     # `forecast_scale`; 0.62/−1.03/1.23 % with it (the default)
-    forecast_scale: str = "valid"  # the forecast's level fitted on validation (NeuralConfig):
-    # rank-free, so Rank IC and Sharpe are unchanged; studies/FINDINGS.md, "The forecast's level"
+    forecast_scale: str = "shrink"  # the forecast's level fitted on validation and shrunk by
+    # its t-statistic (NeuralConfig): rank-free, so Rank IC and Sharpe are unchanged;
+    # studies/FINDINGS.md, "The forecast's level"
     beta_portfolios: bool = False  # μ_post also reads the least-squares factors on the model's
     # own β (not in Duan et al.; module docstring: total R² 39 → 81 % of the oracle, forecast mixed)
 
