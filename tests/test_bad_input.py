@@ -8,6 +8,7 @@ these cases run without the session's Ray (except the GPU request, which needs a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,22 @@ def test_cli_usage_errors_are_one_line_exit_2(args, needle, tmp_path, monkeypatc
 def test_cli_without_a_command_prints_help(capsys):
     assert rvrae_main([]) == 0 and rvrae_main(["data"]) == 0
     assert "Usage" in capsys.readouterr().out
+
+
+def test_a_folder_another_study_is_writing_is_refused(tiny_data_file, tmp_path, existing_out, capsys):
+    """Two studies into one --out at once each saw it empty, ran every cell and wrote every
+    row twice (6 rows for 3 cells, measured). While a study holds the folder, a second one is
+    refused with one line naming the holder, and the folder is left as it was."""
+    from rvrae.study.runner import lock_out
+
+    argv = ["--data", str(tiny_data_file), "--models", "ipca", "--seeds", "1", "--m", "10", "--split", "3/1/1"]
+    for out, extra in ((tmp_path / "busy", []), (existing_out, ["--resume"])):
+        existed = out.exists()
+        before = _snapshot(out) if existed else None
+        held = lock_out(out)  # what a running study holds
+        try:
+            _study(argv + extra, out, capsys, "another study is writing there", f"pid {os.getpid()}")
+        finally:
+            held.close()
+        assert (_snapshot(out) == before) if existed else not out.exists()
+    lock_out(tmp_path / "busy").close()  # released: the next study may take it
