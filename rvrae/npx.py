@@ -61,6 +61,26 @@ def prior_spread(z_prior: np.ndarray, z_post: np.ndarray) -> float:
     return float(np.mean(prior.std(axis=0)[moving] / sd_post[moving]))
 
 
+def clustered_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The least-squares slope b through the origin of y on x, both [t, n] and pooled over
+    every cell, and its t-statistic with the error clustered by row (month: a month's stocks
+    share its factor shock, so they are not independent draws); month t's score is
+    Σ_n x (y − b x). (0, 0) where x is all zero."""
+    xx = float(np.sum(x * x))
+    if xx <= 0:
+        return 0.0, 0.0
+    b = float(np.sum(x * y)) / xx
+    score = np.sum(x * (y - b * x), axis=1)  # [t]
+    se = float(np.sqrt(np.sum(score * score))) / xx
+    return b, (b / se if se > 0 else (math.inf if b > 0 else 0.0))
+
+
+def shrinkage(t: float) -> float:
+    """(1 − 1/t²)⁺, 0 for t ≤ 0: an estimate with t-statistic t has E[b̂²] = b² + se², so
+    b²/(b² + se²) ≈ 1 − 1/t² is the plug-in squared-error-optimal share of it to keep."""
+    return max(0.0, 1.0 - 1.0 / t**2) if t > 0 else 0.0
+
+
 def prevailing_ar1(f_all: np.ndarray, min_pairs: int = 12) -> np.ndarray:
     """[T, K] -> [T, K] float32: row t is a_k + b_k f[t-1, k], (a_k, b_k) the least-squares
     AR(1) of factor k on the pairs (f[s-1], f[s]) for s < t; `prevailing_mean` where fewer

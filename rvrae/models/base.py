@@ -12,7 +12,6 @@ a trailing underscore.
 from __future__ import annotations
 
 import dataclasses
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -22,7 +21,9 @@ import torch
 
 from rvrae.data.panel import Panel, window_months
 from rvrae.errors import UserError
-from rvrae.npx import ls_factors, prevailing_ar1, prevailing_mean, prior_spread  # eq. 33 and diagnostics
+from rvrae.npx import (  # the factor forecasts (eq. 33), their calibration and diagnostics
+    clustered_slope, ls_factors, prevailing_ar1, prevailing_mean, prior_spread, shrinkage,
+)
 
 # progress(epoch, {"train_loss": ..., "valid_loss": ...}); the study harness reports it to Tune.
 Progress = Callable[[int, dict], None]
@@ -274,18 +275,14 @@ class NeuralFactorModel(FactorModel):
             d = g[valid_months].astype(np.float64) - post_mean[valid_months]
             resid = np.where(mask, ret - np.einsum("tnk,tk->tn", beta, fbar), 0.0)
             x = np.where(mask, np.einsum("tnk,tk->tn", beta, d), 0.0)  # β (g − f̄)
-            xx = float(np.sum(x * x))
-            w = float(np.sum(x * resid)) / xx if xx > 0 else 0.0
-            # The slope's t-statistic with the error clustered by month (a month's stocks
-            # share its factor shock, so they are not independent draws): the score of month
-            # t is Σ_n x (resid − w x). Below `forecast_tstat` the validation months do not
-            # support the deviation and the forecast stays at the prevailing mean (w = 0).
-            score = np.sum(x * (resid - w * x), axis=1)  # [t]
-            se = float(np.sqrt(np.sum(score * score))) / xx if xx > 0 else math.inf
-            t = self.forecast_tstat_ = float(w / se) if se > 0 else (math.inf if w > 0 else 0.0)
+            # w and its month-clustered t-statistic: below `forecast_tstat` the validation
+            # months do not support the deviation and the forecast stays at the prevailing
+            # mean (w = 0)
+            w, t = clustered_slope(x, resid)
+            self.forecast_tstat_ = t
             w = min(max(w, 0.0), 1.0)
-            if self.config.forecast_gate == "shrink":  # E[ŵ²] = w² + se², so w²/(w² + se²) ≈ 1 − 1/t²
-                w *= max(0.0, 1.0 - 1.0 / t**2) if t > 0 else 0.0
+            if self.config.forecast_gate == "shrink":
+                w *= shrinkage(t)
             elif t < self.config.forecast_tstat:
                 w = 0.0
             self.forecast_weight_ = np.float32(w)
@@ -293,15 +290,11 @@ class NeuralFactorModel(FactorModel):
         if scaled:
             # c = the through-origin slope of r on r̂ = β f_fc over the validation stock-months
             r_hat = np.where(mask, np.einsum("tnk,tk->tn", beta, f_fc), 0.0)
-            rr = float(np.sum(r_hat * r_hat))
-            c = float(np.sum(ret * r_hat)) / rr if rr > 0 else 1.0
-            if self.config.forecast_scale == "shrink" and rr > 0:
-                # c's t-statistic, the error clustered by month (as w's above), and the same
-                # plug-in shrinkage: E[ĉ²] = c² + se², so c²/(c² + se²) ≈ 1 − 1/t²
-                score = np.sum(r_hat * (ret - c * r_hat), axis=1)  # [t]
-                se = float(np.sqrt(np.sum(score * score))) / rr
-                t = c / se if se > 0 else (math.inf if c > 0 else 0.0)
-                c = min(c, 1.0) * (max(0.0, 1.0 - 1.0 / t**2) if t > 0 else 0.0)
+            c, t = clustered_slope(r_hat, ret)
+            if not r_hat.any():
+                c = 1.0  # no forecast to scale
+            elif self.config.forecast_scale == "shrink":  # shrunk by its t as w is above
+                c = min(c, 1.0) * shrinkage(t)
             self.forecast_scale_ = min(max(c, FORECAST_SCALE_FLOOR), 1.0)
 
     def _dynamic_forecast(self, out: dict, f_all: np.ndarray, months: np.ndarray):
