@@ -61,7 +61,7 @@ def test_every_trial_leaves_forecasts_and_a_learning_curve(bench):
         if r["model"] == "factorvae":
             # the AR(1) share the forecast used, and its validation t: w = 0 below the gate,
             # where r̂ is β̂ times the prevailing mean of f_post (fit_pred) at the forecast's
-            # validation-fitted level c (forecast_scale="valid", FactorVAE's default); above it, not
+            # validation-fitted level c (forecast_scale="shrink", FactorVAE's default); above it, not
             w, t, c = r["forecast_weight"], r["forecast_tstat"], r["forecast_scale"]
             assert 0.0 <= w <= 1.0 and (w == 0.0 or t >= 2.0) and FORECAST_SCALE_FLOOR <= c <= 1.0
             at_mean = np.allclose(fc["r_hat"], c * fc["fit_pred"], atol=1e-6)

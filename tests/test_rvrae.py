@@ -283,8 +283,9 @@ def assert_share_minimises_valid_sse(panel: Panel, beta, anchor, dev, w: float) 
 
 
 def test_forecast_scale_is_the_validation_slope_through_the_origin_and_keeps_the_ranks(monkeypatch):
-    """forecast_scale="valid" (NeuralConfig; FactorVAE's default): the whole forecast times
-    c = Σ r r̂ / Σ r̂² over the validation stock-months, clipped to [FORECAST_SCALE_FLOOR, 1].
+    """forecast_scale="valid" (NeuralConfig; "shrink", below, is FactorVAE's default): the whole
+    forecast times c = Σ r r̂ / Σ r̂² over the validation stock-months, clipped to
+    [FORECAST_SCALE_FLOOR, 1].
     r̂ is then c times the unscaled forecast, so every month ranks the stocks as before."""
     panel = planted_panel()
     hist = np.arange(TEST.max() + 1)
