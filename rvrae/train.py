@@ -52,18 +52,23 @@ def fit_module(
     for epoch in range(1, int(cfg.epochs) + 1):
         net.train()
         order = rng.permutation(np.asarray(train_months))
-        total = 0.0
+        # The epoch's loss is summed on the device, in float64, and read once at its end (the
+        # same sum as adding loss.item() step by step): reading it every step would make a
+        # GPU wait at each one. A non-finite loss is therefore refused at the end of its
+        # epoch, not at its step; the fit is discarded either way.
+        total = None
         for s in range(0, len(order), bm):
             loss = loss_fn(train_batch(order[s : s + bm]))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip and cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             opt.step()
-            total += loss.item() * len(order[s : s + bm])
-        train_loss = total / max(1, len(order))
+            part = loss.detach().double() * len(order[s : s + bm])
+            total = part if total is None else total + part
+        train_loss = (total.item() if total is not None else 0.0) / max(1, len(order))
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training loss became {train_loss} at epoch {epoch}")
         valid_loss = evaluate_loss(net, valid_fn or loss_fn, valid_batch, valid_months, bm)
         if not math.isfinite(valid_loss):
             raise FloatingPointError(f"validation loss became {valid_loss} at epoch {epoch}")
@@ -98,7 +103,7 @@ def evaluate_loss(
     if len(months) == 0:
         raise ValueError("the validation set has no months to score (early stopping needs some): check the split")
     net.eval()
-    total, count = 0.0, 0
+    total, count = None, 0
     state = torch.get_rng_state()
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     torch.manual_seed(0)  # seeds CUDA's generators too
@@ -106,10 +111,11 @@ def evaluate_loss(
         with torch.no_grad():
             for s in range(0, len(months), batch_months):
                 part = months[s : s + batch_months]
-                total += loss_fn(make_batch(part)).item() * len(part)
+                loss = loss_fn(make_batch(part)).double() * len(part)  # summed on the device
+                total = loss if total is None else total + loss
                 count += len(part)
     finally:
         torch.set_rng_state(state)
         if cuda_state is not None:
             torch.cuda.set_rng_state_all(cuda_state)
-    return total / count
+    return total.item() / count

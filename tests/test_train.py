@@ -1,5 +1,7 @@
 """The shared training loop: early stopping with best-weight restore, NaN detection, seeding."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,40 @@ def test_nan_loss_raises():
     cfg = NeuralConfig(epochs=3, patience=2)
     with pytest.raises(FloatingPointError, match="epoch 1"):
         _run(cfg, losses=lambda net: net.w.sum() * float("nan"), valid=[1.0])
+
+
+def test_the_loop_reads_its_losses_once_an_epoch_not_once_a_step(monkeypatch):
+    """Reading a loss (`.item()`, a truth value) makes a GPU wait for the device; the loop
+    sums the epoch's losses on the device and reads the sum once (train, then valid), and
+    the sum is the one adding every step's loss gives."""
+    import rvrae.train
+
+    reads = []
+    item = torch.Tensor.item
+
+    def counted(t):
+        if sys._getframe(1).f_code.co_filename == rvrae.train.__file__:
+            reads.append(t.dtype)
+        return item(t)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted)
+    steps = []
+    net = _Toy()
+
+    def loss_fn(batch):
+        loss = (net.w - 1.0).pow(2).sum() + 0.1 * len(steps) ** 0.5  # float32, changes per step
+        if batch == "train":
+            steps.append(float(item(loss)))
+        return loss
+
+    cfg = NeuralConfig(epochs=3, patience=5, batch_months=1)
+    hist = fit_module(net, loss_fn, train_batch=lambda m: "train", valid_batch=lambda m: "valid",
+                      train_months=np.arange(7), valid_months=np.arange(4), cfg=cfg, seed=0)
+    assert len(steps) == 21 and reads == [torch.float64] * 6  # 2 reads an epoch, 21 steps
+    expect = 0.0
+    for v in steps[:7]:
+        expect += v  # what adding loss.item() step by step gives
+    assert hist[0]["train_loss"] == expect / 7
 
 
 def test_seed_everything_makes_torch_draws_repeat():

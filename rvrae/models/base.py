@@ -141,6 +141,12 @@ class Batch:
     r: torch.Tensor  # [B, N] target returns (= r_hist[:, -1])
     m: torch.Tensor  # [B, N] float target mask (= m_hist[:, -1])
     stocks: torch.Tensor | None = None  # [N] panel indices of the batch's stocks (None: all)
+    live: tuple[torch.Tensor, torch.Tensor] | None = None  # (b, n) of m > 0, found on the host
+
+    def live_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, n) of the target month's live stocks (m > 0): the ones `batch` found on the
+        host where it made them, else `nonzero` on the device (which waits for it)."""
+        return self.live if self.live is not None else (self.m > 0).nonzero(as_tuple=True)
 
 
 class PanelTensors:
@@ -153,27 +159,41 @@ class PanelTensors:
         self.chars = torch.from_numpy(np.ascontiguousarray(panel.chars)).to(self.device)
         self.ret = torch.from_numpy(np.ascontiguousarray(panel.ret)).to(self.device)
         self.mask = torch.from_numpy(panel.mask.astype(np.float32)).to(self.device)
+        self.mask_host = np.asarray(panel.mask, dtype=bool)  # the batch's indices come from here
         self.n_stocks = panel.N
 
     def batch(self, months: np.ndarray) -> Batch:
         """Windows for `months`, compacted to the stocks alive somewhere in them: a stock
         without a return anywhere in the batch's windows cannot enter a loss, a managed
         portfolio or a scored forecast, so carrying it would only cost time (at paper scale
-        about half the union of stocks is alive in a given year)."""
-        idx, ok = window_months(np.asarray(months), self.seq_len)
-        idx_t = torch.from_numpy(idx).to(self.device)  # [B, L]
-        ok_t = torch.from_numpy(ok.astype(np.float32)).to(self.device)  # [B, L]
-        m_full = self.mask[idx_t] * ok_t[:, :, None]  # [B, L, N]
-        stocks = torch.nonzero(m_full.amax(dim=(0, 1)) > 0).squeeze(1)  # [N']
-        if stocks.numel() == 0:  # nothing alive (a window before the panel): keep one dummy
-            stocks = torch.zeros(1, dtype=torch.long, device=self.device)
-        x = self.chars[idx_t[:, :, None], stocks] * ok_t[:, :, None, None]  # [B, L, N', C]
-        r_hist = self.ret[idx_t[:, :, None], stocks] * ok_t[:, :, None]  # [B, L, N']
-        m_hist = m_full[:, :, stocks]
+        about half the union of stocks is alive in a given year).
+
+        Every index (window months, kept stocks, the target month's live stocks) is found on
+        the host from the panel's mask and goes to the device in one copy, pinned and not
+        waited for: on a GPU a step then never stops to wait for the device (a `nonzero` or
+        a blocking copy would, several times a step; README, Performance)."""
+        months = np.asarray(months)
+        idx, ok = window_months(months, self.seq_len)
+        alive = self.mask_host[idx] & ok[:, :, None]  # [B, L, N]
+        stocks = np.flatnonzero(alive.any(axis=(0, 1)))
+        if stocks.size == 0:  # nothing alive (a window before the panel): keep one dummy
+            stocks = np.zeros(1, dtype=np.int64)
+        live_b, live_n = np.nonzero(alive[:, -1][:, stocks])
+        parts = (months, idx.ravel(), ok.ravel(), stocks, live_b, live_n)
+        flat = torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.int64) for a in parts]))
+        if self.device.type == "cuda":
+            flat = flat.pin_memory().to(self.device, non_blocking=True)
+        else:
+            flat = flat.to(self.device)
+        months_t, idx_t, ok_t, stocks_t, lb, ln = flat.split([len(a) for a in parts])
+        idx_t = idx_t.view(idx.shape)  # [B, L]
+        ok_t = ok_t.view(ok.shape).to(torch.float32)  # [B, L]
+        x = self.chars[idx_t[:, :, None], stocks_t] * ok_t[:, :, None, None]  # [B, L, N', C]
+        r_hist = self.ret[idx_t[:, :, None], stocks_t] * ok_t[:, :, None]  # [B, L, N']
+        m_hist = self.mask[idx_t[:, :, None], stocks_t] * ok_t[:, :, None]  # [B, L, N']
         return Batch(
-            months=torch.from_numpy(np.asarray(months)).to(self.device),
-            x=x, r_hist=r_hist, m_hist=m_hist, r=r_hist[:, -1], m=m_hist[:, -1],
-            stocks=stocks,
+            months=months_t, x=x, r_hist=r_hist, m_hist=m_hist, r=r_hist[:, -1], m=m_hist[:, -1],
+            stocks=stocks_t, live=(lb, ln),
         )
 
 

@@ -25,4 +25,7 @@ def managed_portfolios(
     n = m.sum(-1).clamp_min(1.0)[..., None, None]  # live stocks
     eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
     rhs = (zm * r.unsqueeze(-1)).sum(-2, keepdim=False).unsqueeze(-1)  # [..., C, 1]
-    return torch.linalg.solve(gram + ridge * n * eye, rhs).squeeze(-1)
+    # solve_ex: the same solve without its error check, which on a GPU waits for the device
+    # every call; the ridge keeps the system positive definite, and a failure would show as a
+    # non-finite loss, which the training loop refuses
+    return torch.linalg.solve_ex(gram + ridge * n * eye, rhs, check_errors=False)[0].squeeze(-1)

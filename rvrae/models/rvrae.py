@@ -280,7 +280,7 @@ class RVRAENet(nn.Module):
         [B, L, P], the betas [B, N, K] (of the target month's live stocks; `every_stock` for
         a forecast) and the posterior and prior parameters (`encode`, with `beta_portfolios`)."""
         y = self.portfolios(batch)
-        beta = self.betas(batch.x, None if every_stock else batch.m > 0)
+        beta = self.betas(batch.x, None if every_stock else batch.live_index())
         return y, beta, self.encode(y, self.beta_portfolios(beta, batch))
 
     def encode(self, y: torch.Tensor, y_beta: torch.Tensor | None = None) -> dict:
@@ -320,15 +320,17 @@ class RVRAENet(nn.Module):
             f = f + self.dec_skip(zf)
         return (self.act(f) * self.r_var.sqrt()).reshape(S, B, K)  # in return units
 
-    def betas(self, x: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
+    def betas(self, x: torch.Tensor, live: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> torch.Tensor:
         """β [B, N, K] from each stock's characteristic window x [B, L, N, C] (eqs. 22–29).
-        Every (month, stock) window goes through the LSTM at once; with `live` [B, N] bool only
-        those (the rest get β = 0), which saves the ~45 % of stocks dead in a month."""
+        Every (month, stock) window goes through the LSTM at once; with `live` (the (b, n)
+        indices of the target month's live stocks, `Batch.live_index`) only those (the rest
+        get β = 0), which saves the ~45 % of stocks dead in a month."""
         B, L, N, C = x.shape
         if live is None:
             seq = x.permute(0, 2, 1, 3).reshape(B * N, L, C)  # [B*N, L, C]
         else:
-            b, n = live.nonzero(as_tuple=True)
+            b, n = live
             seq = x[b, :, n]  # [P, L, C]
         _, (h_last, _) = self.beta_lstm(self.beta_in(seq))
         beta = self.beta_out(h_last[-1])  # [P, K]
