@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -52,6 +54,24 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def wait_for_peers(barrier: str | None, timeout: float = 3600.0) -> None:
+    """`barrier` "DIR:N": mark this process ready in DIR, then wait until N are, so that fits
+    sharing a device (speed case s) start together whatever their imports and panel building
+    took. None: return at once."""
+    if not barrier:
+        return
+    folder, _, n = barrier.rpartition(":")
+    if not folder or not n.isdigit() or int(n) < 1:
+        raise UserError(f"--barrier: expected DIR:N, got {barrier!r}")
+    path = Path(folder)
+    (path / f"ready.{os.getpid()}").touch()
+    deadline = time.monotonic() + timeout
+    while len(list(path.glob("ready.*"))) < int(n):
+        if time.monotonic() > deadline:
+            raise UserError(f"--barrier {barrier}: the other processes did not come in {timeout:.0f} s")
+        time.sleep(0.01)
+
+
 def epoch_benchmark(
     model: str,
     n_stocks: int = 5682,
@@ -63,13 +83,15 @@ def epoch_benchmark(
     device: str = "cpu",
     config: dict | None = None,
     seed: int = 0,
+    barrier: str | None = None,
 ) -> dict:
     """Fit `model` for `epochs` on a random paper-scale panel; time it and read peak RSS.
 
     Split: the last 1/7 of the months test (unused), the 1/7 before valid, the rest train —
     15/3/3 years at 252 months. `seq_len`, `n_factors` and `epochs` go into the config where
     the model has those fields; `config` overrides anything (unknown keys raise UserError).
-    Early stopping is off (patience = epochs) so exactly `epochs` epochs run.
+    Early stopping is off (patience = epochs) so exactly `epochs` epochs run. `barrier`
+    ("DIR:N"): the fit starts once N processes given that barrier are ready (`wait_for_peers`).
     """
     import torch
 
@@ -99,7 +121,8 @@ def epoch_benchmark(
             torch.cuda.synchronize()
         ends.append(time.perf_counter())
 
-    t0 = time.perf_counter()
+    wait_for_peers(barrier)
+    started, t0 = time.time(), time.perf_counter()
     est.fit(train, valid, seed=seed, device=device, progress=epoch_end)
     if cuda:
         torch.cuda.synchronize()
@@ -114,6 +137,8 @@ def epoch_benchmark(
         "seconds_per_epoch": per_epoch,
         "first_epoch_seconds": first,
         "fit_seconds": seconds,
+        "started": started,  # wall clock (epoch seconds) around the fit: fits run side by side
+        "ended": started + seconds,  # (speed case s) are checked to overlap by these
         "epochs": ran,
         "peak_rss_mb": peak_rss_mb(),
         "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan"),
@@ -139,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--config", default=None, help="JSON object of config overrides")
+    ap.add_argument("--barrier", default=None, help="DIR:N: start the fit once N processes are ready")
     a = ap.parse_args(argv)
     try:
         config = json.loads(a.config) if a.config else None
@@ -150,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(a.threads)
         out = epoch_benchmark(
             a.model, n_stocks=a.stocks, n_months=a.months, n_chars=a.chars, seq_len=a.seq_len,
-            n_factors=a.factors, epochs=a.epochs, device=a.device, config=config,
+            n_factors=a.factors, epochs=a.epochs, device=a.device, config=config, barrier=a.barrier,
         )
     except (UserError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The speed study (issue 7): ratios against in-process reference runs, one Parquet row per
 case × repeat under --out (study=speed), then the table of medians with their targets.
 
-    python studies/speed.py [--quick] [--cases abcdef] [--repeats N] [--out results] [--no-write]
+    python studies/speed.py [--quick] [--cases abcdefgh] [--repeats N] [--out results] [--no-write]
                              [--device cuda] [--epochs N]
 
 See rvrae/study/speed.py for the cases. `rvrae table results --study speed` re-renders the rows.
@@ -14,17 +14,18 @@ import sys
 from pathlib import Path
 
 from rvrae.errors import UserError
-from rvrae.study.speed import CASES, run_speed
+from rvrae.study.speed import CASES, DEFAULT_CASES, run_speed
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="reduced sizes and one repeat (minutes)")
-    p.add_argument("--cases", default=CASES, help=f"which cases, letters of {CASES!r} (default all)")
+    p.add_argument("--cases", default=DEFAULT_CASES,
+                   help=f"which cases, letters of {CASES!r} (default {DEFAULT_CASES!r}; s: fits sharing a GPU)")
     p.add_argument("--repeats", type=int, default=None, help="repeats per case (default 3; quick 1)")
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (rows under study=speed)")
-    p.add_argument("--device", default=None, help="where cases b and e fit: cpu or cuda (default cpu)")
-    p.add_argument("--epochs", type=int, default=None, help="case b: epochs per model (default 1; "
+    p.add_argument("--device", default=None, help="where cases b, e and s fit: cpu or cuda (default cpu)")
+    p.add_argument("--epochs", type=int, default=None, help="cases b and s: epochs per fit (default 1, s at least 3; "
                    "with more, seconds is the steady state, epochs 2..n)")
     p.add_argument("--no-write", action="store_true", help="print only, write no rows")
     a = p.parse_args(argv)

@@ -114,3 +114,17 @@ def test_several_epochs_report_the_steady_state_and_the_first_apart():
     assert r["epochs"] == 3 and r["first_epoch_seconds"] > 0 and r["seconds_per_epoch"] > 0
     assert r["first_epoch_seconds"] + 2 * r["seconds_per_epoch"] <= r["fit_seconds"] + 1e-9
     assert math.isnan(r["gpu_peak_mb"]) and r["device"] == "cpu"
+
+
+def test_case_s_runs_its_fits_side_by_side_and_reports_the_throughput(tmp_path):
+    """Case s: `share` RVRAE fits at once (a GPU shared the cluster's way) against one alone;
+    the shared fits overlap in time and the ratio is share × alone ÷ the mean shared epoch."""
+    sizes = Sizes(repeats=1, bench=dict(n_stocks=30, n_months=28, n_chars=4), share=2)
+    (row,) = run_speed("s", out=tmp_path, sizes=sizes)
+    assert row["case"] == "s 2 fits sharing cpu, 30x28x4" and row["model"] == "rvrae"
+    assert 0.5 < row["overlap"] <= 1.0  # the two fits ran at the same time (they start together)
+    assert row["ratio"] == pytest.approx(2 * row["ref_seconds"] / row["seconds"])
+    assert row["seconds_max"] >= row["seconds"] > 0 and math.isnan(row["gpu_peak_mb"])
+    assert len(read_results(tmp_path, "speed")) == 1
+    with pytest.raises(UserError, match="--cases"):
+        run_speed("sx", out=tmp_path, sizes=sizes)

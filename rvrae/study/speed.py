@@ -2,7 +2,8 @@
 measured in the same process or study (the machine may be shared and noisy); absolute
 seconds are kept as context only.
 
-    python studies/speed.py [--quick] [--cases a,b,c,d,e,f] [--repeats N] [--out results]
+    python studies/speed.py [--quick] [--cases abcdefgh] [--repeats N] [--out results]
+    python studies/speed.py --cases s --device cuda       # fits sharing one GPU
 
 Cases (medians over repeats):
   a  IPCA vs the peer package `ipca`: time ratio peer/ours and ΔR² (target ≥ 30× at |ΔR²| ≤ 1e-4)
@@ -20,6 +21,9 @@ Cases (medians over repeats):
      trial time, ratio = ASHA ÷ none (target ≤ 0.5 with the best within the seed noise)
   h  forecast storage: a benchmark grid with vs without stored forecasts (--no-forecasts),
      ratio of wall times (target ≤ 1.05), and the bytes of one trial's file at 5,682 stocks
+  s  sharing: `share` (4) RVRAE fits at once on one device, each with 1/4 of the CPUs, vs one
+     alone, at case b's sizes; ratio = the throughput gained (no target: `--device cuda` on
+     a GPU box measures the cluster's 0.25 GPU per trial)
 
 Rows go to `<out>/study=speed/model=<model>/` (`rvrae.results.store.write_row`), one per case
 × repeat (`seed` = repeat index), with a `case` column, so `rvrae table results --study speed`
@@ -45,7 +49,8 @@ import numpy as np
 
 from rvrae.errors import UserError
 
-CASES = "abcdefgh"
+CASES = "abcdefghs"  # every case there is
+DEFAULT_CASES = "abcdefgh"  # without --cases; s is meant for a GPU box (`--cases s --device cuda`)
 PAPER = dict(n_stocks=5682, n_months=252, n_chars=46)
 MODELS = ("rvrae", "ipca", "ca", "factorvae", "alstm", "transformer")
 
@@ -117,6 +122,7 @@ class Sizes:
     store_grid: Grid = field(default_factory=lambda: Grid("built-in panel", {}, epochs=4, models=("rvrae", "ipca", "ca")))  # h
     threads: int = 1  # torch threads of every measured fit (a trial's CPUs in the harness)
     device: str = "cpu"  # b and e: where the measured fits run ("cuda" on a GPU box)
+    share: int = 4  # s: fits at once on the device (the cluster's 0.25 GPU per trial)
 
     @classmethod
     def full(cls) -> "Sizes":
@@ -143,6 +149,7 @@ TARGETS = {
     "f": "<=300s",
     "g": "ratio<=0.5, |best-ref_best|<=seed_std",
     "h": "ratio<=1.05",
+    "s": "",  # no target: the throughput of fits sharing a device is reported
 }
 
 
@@ -202,21 +209,42 @@ def case_a(s: Sizes) -> list[dict]:
 
 
 def bench_subprocess(model: str, sizes: dict, epochs: int, threads: int, timeout: float = 3600,
-                     device: str = "cpu") -> dict:
-    """`python -m rvrae.bench` in a fresh process (its own peak RSS); the JSON it prints."""
+                     device: str = "cpu", n: int | None = None) -> dict | list[dict]:
+    """`python -m rvrae.bench` in a fresh process (its own peak RSS); the JSON it prints.
+    With `n`, n such processes at once whose fits start together (`--barrier`): the list of
+    their JSONs."""
     cmd = [sys.executable, "-m", "rvrae.bench", "--model", model, "--stocks", str(sizes["n_stocks"]),
            "--months", str(sizes["n_months"]), "--chars", str(sizes["n_chars"]),
            "--epochs", str(epochs), "--threads", str(threads), "--device", device]  # fmt: skip
-    return json_subprocess(cmd, threads, f"rvrae.bench --model {model}", timeout)
+    what = f"rvrae.bench --model {model}"
+    if n is None:
+        return json_subprocess(cmd, threads, what, timeout)
+    with tempfile.TemporaryDirectory(prefix="rvrae-barrier-") as d:
+        return json_subprocesses([*cmd, "--barrier", f"{d}:{n}"], threads, what, n, timeout)
 
 
 def json_subprocess(cmd: list[str], threads: int, what: str, timeout: float = 3600) -> dict:
     """Run `cmd` in a fresh process held to `threads` threads; the JSON of its last line."""
+    return json_subprocesses(cmd, threads, what, 1, timeout)[0]
+
+
+def json_subprocesses(cmd: list[str], threads: int, what: str, n: int, timeout: float = 3600
+                      ) -> list[dict]:
+    """Run `n` copies of `cmd` at once, each a fresh process held to `threads` threads; the
+    JSON of each one's last line."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    if p.returncode != 0:
-        raise RuntimeError(f"{what} failed: {p.stderr.strip()[-500:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(n)]  # fmt: skip
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        if p.returncode != 0:
+            raise RuntimeError(f"{what} failed: {err.strip()[-500:]}")
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
 
 
 def case_b(s: Sizes) -> list[dict]:
@@ -228,6 +256,28 @@ def case_b(s: Sizes) -> list[dict]:
     return [_row(case, m, 0, seconds=r["seconds_per_epoch"], peak_rss_mb=r["peak_rss_mb"],
                  first_epoch_seconds=r["first_epoch_seconds"], gpu_peak_mb=r["gpu_peak_mb"],
                  ratio=r["seconds_per_epoch"] / ref) for m, r in secs.items()]  # fmt: skip
+
+
+def case_s(s: Sizes) -> list[dict]:
+    """`s.share` RVRAE fits at once on one device (a GPU shared the cluster's way, 1/share of
+    it per trial; or a node's cores), each a `python -m rvrae.bench` process with 1/share of
+    the CPUs, against one fit alone with the same threads. ratio = the throughput gained:
+    share × (s/epoch alone) ÷ (mean s/epoch of the shared fits). The per-epoch figure is the
+    steady state (epochs 2..n, at least 3 epochs). The fits start together (`--barrier`);
+    `overlap` is the share of the whole span during which all of them were running (1: side
+    by side throughout)."""
+    z, k = s.bench, s.share
+    epochs = max(3, s.bench_epochs)
+    threads = max(1, (os.cpu_count() or 1) // k)
+    case = f"s {k} fits sharing {s.device}, {b_size(z)}"
+    alone = bench_subprocess("rvrae", z, epochs, threads, device=s.device)
+    shared = bench_subprocess("rvrae", z, epochs, threads, device=s.device, n=k)
+    per = [r["seconds_per_epoch"] for r in shared]
+    starts, ends = [r["started"] for r in shared], [r["ended"] for r in shared]
+    overlap = max(0.0, min(ends) - max(starts)) / (max(ends) - min(starts))
+    return [_row(case, "rvrae", 0, seconds=float(np.mean(per)), ref_seconds=alone["seconds_per_epoch"],
+                 ratio=k * alone["seconds_per_epoch"] / float(np.mean(per)), overlap=overlap,
+                 seconds_max=float(np.max(per)), gpu_peak_mb=float(np.max([r["gpu_peak_mb"] for r in shared])))]  # fmt: skip
 
 
 # ---------------------------------------------------------------- c, d: the harness
@@ -515,7 +565,7 @@ def _ok(flag: bool) -> str:
     return "met" if flag else "missed"
 
 
-VALUE_COLUMNS = ("ratio", "ratio_warm", "seconds", "ref_seconds", "first_epoch_seconds", "peak_rss_mb", "gpu_peak_mb", "delta_r2", "slope", "best",
+VALUE_COLUMNS = ("ratio", "ratio_warm", "seconds", "ref_seconds", "seconds_max", "overlap", "first_epoch_seconds", "peak_rss_mb", "gpu_peak_mb", "delta_r2", "slope", "best",
                  "ref_best", "seed_std", "stopped", "bytes_per_trial_5682", "store_seconds", "store_seconds_5682",
                  "load1")  # fmt: skip
 
@@ -573,10 +623,10 @@ def machine() -> str:
             f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
 
 
-RUNNERS = {"a": case_a, "b": case_b, "e": case_e, "f": case_f, "g": case_g, "h": case_h}
+RUNNERS = {"a": case_a, "b": case_b, "e": case_e, "f": case_f, "g": case_g, "h": case_h, "s": case_s}
 
 
-def run_speed(cases: str = CASES, quick: bool = False, out: Path | str | None = Path("results"),
+def run_speed(cases: str = DEFAULT_CASES, quick: bool = False, out: Path | str | None = Path("results"),
               repeats: int | None = None, sizes: Sizes | None = None, console=None,
               device: str | None = None, epochs: int | None = None) -> list[dict]:
     """Run the chosen cases, write one Parquet row per case × repeat under `out` (None: none),
