@@ -40,6 +40,7 @@ def test_robustness_grid_rows_and_resume(ray_session, tiny_panel, tmp_path):
         assert np.isfinite(df[col].astype(float)).all(), col
     assert (df["data_fingerprint"] == tiny_panel.fingerprint()).all()
     assert (df["device"] == "cpu").all() and (df["node_id"].str.len() > 0).all()
+    assert (df["threads"] == 1).all()  # stored: digits depend on the thread count
     assert (df["hp_epochs"].dropna() == 1).all()  # the --epochs cap reached the neural model
     gross = json.loads(df["ls_gross"].iloc[0])
     assert len(gross) == 12 == len(json.loads(df["ls_dates"].iloc[0]))

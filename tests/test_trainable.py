@@ -69,6 +69,7 @@ def test_non_finite_outputs_are_errors(field, tiny_panel, monkeypatch):
 
 def test_report_hook_gets_every_metric(tiny_panel):
     reports = []
-    train_trial(_config(), tiny_panel, report=reports.append)
+    train_trial(_config(cpus=2), tiny_panel, report=reports.append)
     assert np.isfinite(reports[-1]["rank_ic"]) and reports[-1]["device"] == "cpu"
+    assert reports[-1]["threads"] == 2  # the trial's CPUs, as torch ran with them
     assert trainable.RESERVED.count("hook") == 1

@@ -176,6 +176,9 @@ def train_trial(config: dict, panel, report=None) -> None:
     seed, m = int(config["seed"]), int(config["m"])
     meta = {
         "started_at": now_iso(), "device": device, "hostname": socket.gethostname(),
+        # torch's threads: a reduction split over another number of threads sums in another
+        # order, so the same seed on the same CPU gives other digits at another thread count
+        "threads": torch.get_num_threads(),
         "node_id": ray.get_runtime_context().get_node_id() if in_ray else "", "pid": os.getpid(),
     }
     identity = config["identity"]
