@@ -208,19 +208,26 @@ def case_a(s: Sizes) -> list[dict]:
 # ---------------------------------------------------------------- b: every model, paper scale
 
 
+def bench_command(model: str, sizes: dict, epochs: int, threads: int, device: str = "cpu") -> list[str]:
+    """The `python -m rvrae.bench` command line of one fit at `sizes`."""
+    return [sys.executable, "-m", "rvrae.bench", "--model", model, "--stocks", str(sizes["n_stocks"]),
+            "--months", str(sizes["n_months"]), "--chars", str(sizes["n_chars"]),
+            "--epochs", str(epochs), "--threads", str(threads), "--device", device]  # fmt: skip
+
+
 def bench_subprocess(model: str, sizes: dict, epochs: int, threads: int, timeout: float = 3600,
-                     device: str = "cpu", n: int | None = None) -> dict | list[dict]:
-    """`python -m rvrae.bench` in a fresh process (its own peak RSS); the JSON it prints.
-    With `n`, n such processes at once whose fits start together (`--barrier`): the list of
-    their JSONs."""
-    cmd = [sys.executable, "-m", "rvrae.bench", "--model", model, "--stocks", str(sizes["n_stocks"]),
-           "--months", str(sizes["n_months"]), "--chars", str(sizes["n_chars"]),
-           "--epochs", str(epochs), "--threads", str(threads), "--device", device]  # fmt: skip
-    what = f"rvrae.bench --model {model}"
-    if n is None:
-        return json_subprocess(cmd, threads, what, timeout)
+                     device: str = "cpu") -> dict:
+    """`python -m rvrae.bench` in a fresh process (its own peak RSS); the JSON it prints."""
+    cmd = bench_command(model, sizes, epochs, threads, device)
+    return json_subprocess(cmd, threads, f"rvrae.bench --model {model}", timeout)
+
+
+def bench_together(model: str, sizes: dict, epochs: int, threads: int, n: int, device: str = "cpu",
+                   timeout: float = 3600) -> list[dict]:
+    """`n` such processes at once, their fits starting together (`--barrier`): their JSONs."""
     with tempfile.TemporaryDirectory(prefix="rvrae-barrier-") as d:
-        return json_subprocesses([*cmd, "--barrier", f"{d}:{n}"], threads, what, n, timeout)
+        cmd = [*bench_command(model, sizes, epochs, threads, device), "--barrier", f"{d}:{n}"]
+        return json_subprocesses(cmd, threads, f"rvrae.bench --model {model}", n, timeout)
 
 
 def json_subprocess(cmd: list[str], threads: int, what: str, timeout: float = 3600) -> dict:
@@ -271,7 +278,7 @@ def case_s(s: Sizes) -> list[dict]:
     threads = max(1, (os.cpu_count() or 1) // k)
     case = f"s {k} fits sharing {s.device}, {b_size(z)}"
     alone = bench_subprocess("rvrae", z, epochs, threads, device=s.device)
-    shared = bench_subprocess("rvrae", z, epochs, threads, device=s.device, n=k)
+    shared = bench_together("rvrae", z, epochs, threads, k, device=s.device)
     per = [r["seconds_per_epoch"] for r in shared]
     starts, ends = [r["started"] for r in shared], [r["ended"] for r in shared]
     overlap = max(0.0, min(ends) - max(starts)) / (max(ends) - min(starts))
