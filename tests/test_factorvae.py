@@ -43,7 +43,7 @@ def test_portfolio_softmax_normalises_over_stocks_and_skips_masked_ones():
     m = batch.m.clone()
     m[:, :3] = 0.0  # stocks without a return this month
     with torch.no_grad():
-        e = net.extract(batch.x)
+        e = net.extract(batch)
         w = net.portfolio_weights(e, m)  # [B, N, M]
         assert torch.allclose(w.sum(dim=1), torch.ones(3, SMALL["n_portfolios"]), atol=1e-5)
         assert (w[m == 0] == 0).all() and (w[m > 0] > 0).all()
@@ -68,7 +68,7 @@ def test_beta_portfolios_add_the_least_squares_factors_on_the_models_own_beta():
     m[:, :3] = 0.0
     r = batch.r * m
     with torch.no_grad():
-        e = net.extract(batch.x)
+        e = net.extract(batch)
         mu_a, _, beta = net.decoder(e)
         net.post_mu.weight.zero_()
         net.post_mu.bias.zero_()  # leaves only the least-squares term
@@ -116,7 +116,7 @@ def test_kl_is_posterior_to_prior():
     # (eq. 13 as printed: KL per month).
     model, net, batch = built(gamma=2.0, kl_scale="per_month")
     with torch.no_grad():
-        e = net.extract(batch.x)
+        e = net.extract(batch)
         q = net.posterior(e, batch.r, batch.m)
         p = net.prior(e, known_before(batch))
         kl_qp = kl_divergence(Normal(*q), Normal(*p)).sum(-1).mean()

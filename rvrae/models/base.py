@@ -142,11 +142,20 @@ class Batch:
     m: torch.Tensor  # [B, N] float target mask (= m_hist[:, -1])
     stocks: torch.Tensor | None = None  # [N] panel indices of the batch's stocks (None: all)
     live: tuple[torch.Tensor, torch.Tensor] | None = None  # (b, n) of m > 0, found on the host
+    seen: torch.Tensor | None = None  # [S] rows b·N + n with a characteristic in the window
 
     def live_index(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(b, n) of the target month's live stocks (m > 0): the ones `batch` found on the
         host where it made them, else `nonzero` on the device (which waits for it)."""
         return self.live if self.live is not None else (self.m > 0).nonzero(as_tuple=True)
+
+    def seen_rows(self) -> torch.Tensor:
+        """[S] flat rows b·N + n of the (month, stock) windows with a non-zero characteristic,
+        ascending: the rows a per-stock sequence net runs on (`charbeta.over_stocks`). Found
+        on the host where `batch` made them, else on the device (which waits for it)."""
+        if self.seen is not None:
+            return self.seen
+        return torch.nonzero(self.x.abs().amax(dim=(1, 3)).reshape(-1) > 0).squeeze(1)
 
 
 class PanelTensors:
@@ -160,6 +169,9 @@ class PanelTensors:
         self.ret = torch.from_numpy(np.ascontiguousarray(panel.ret)).to(self.device)
         self.mask = torch.from_numpy(panel.mask.astype(np.float32)).to(self.device)
         self.mask_host = np.asarray(panel.mask, dtype=bool)  # the batch's indices come from here
+        # [T, N]: the stock has a non-zero characteristic that month (missing ones are 0);
+        # a month at a time, so no [T, N, C] temporary at paper scale
+        self.seen_host = np.stack([(c != 0).any(axis=1) for c in panel.chars])
         self.n_stocks = panel.N
 
     def batch(self, months: np.ndarray) -> Batch:
@@ -168,10 +180,11 @@ class PanelTensors:
         portfolio or a scored forecast, so carrying it would only cost time (at paper scale
         about half the union of stocks is alive in a given year).
 
-        Every index (window months, kept stocks, the target month's live stocks) is found on
-        the host from the panel's mask and goes to the device in one copy, pinned and not
-        waited for: on a GPU a step then never stops to wait for the device (a `nonzero` or
-        a blocking copy would, several times a step; README, Performance)."""
+        Every index (window months, kept stocks, the target month's live stocks, the windows
+        with a characteristic) is found on the host from the panel's mask and goes to the
+        device in one copy, pinned and not waited for: on a GPU a step then never stops to
+        wait for the device (a `nonzero` or a blocking copy would, several times a step;
+        README, Performance)."""
         months = np.asarray(months)
         idx, ok = window_months(months, self.seq_len)
         alive = self.mask_host[idx] & ok[:, :, None]  # [B, L, N]
@@ -179,13 +192,14 @@ class PanelTensors:
         if stocks.size == 0:  # nothing alive (a window before the panel): keep one dummy
             stocks = np.zeros(1, dtype=np.int64)
         live_b, live_n = np.nonzero(alive[:, -1][:, stocks])
-        parts = (months, idx.ravel(), ok.ravel(), stocks, live_b, live_n)
+        seen = (self.seen_host[idx][:, :, stocks] & ok[:, :, None]).any(axis=1)  # [B, N']
+        parts = (months, idx.ravel(), ok.ravel(), stocks, live_b, live_n, np.flatnonzero(seen))
         flat = torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.int64) for a in parts]))
         if self.device.type == "cuda":
             flat = flat.pin_memory().to(self.device, non_blocking=True)
         else:
             flat = flat.to(self.device)
-        months_t, idx_t, ok_t, stocks_t, lb, ln = flat.split([len(a) for a in parts])
+        months_t, idx_t, ok_t, stocks_t, lb, ln, seen_t = flat.split([len(a) for a in parts])
         idx_t = idx_t.view(idx.shape)  # [B, L]
         ok_t = ok_t.view(ok.shape).to(torch.float32)  # [B, L]
         x = self.chars[idx_t[:, :, None], stocks_t] * ok_t[:, :, None, None]  # [B, L, N', C]
@@ -193,7 +207,7 @@ class PanelTensors:
         m_hist = self.mask[idx_t[:, :, None], stocks_t] * ok_t[:, :, None]  # [B, L, N']
         return Batch(
             months=months_t, x=x, r_hist=r_hist, m_hist=m_hist, r=r_hist[:, -1], m=m_hist[:, -1],
-            stocks=stocks_t, live=(lb, ln),
+            stocks=stocks_t, live=(lb, ln), seen=seen_t,
         )
 
 

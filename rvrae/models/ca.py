@@ -70,16 +70,23 @@ class CABetaNet(nn.Module):
         self.net = nn.Sequential(*layers)
         self.n_factors = n_factors
 
-    def forward(self, z: torch.Tensor, m: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, m: torch.Tensor | None = None,
+        live: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """`live`: (b, n) of m > 0 where the caller found them on the host
+        (`Batch.live`); finding them here waits for the device."""
         B, N, C = z.shape
         flat = z.reshape(B * N, C)  # [B·N, C]
         if not self.training or m is None:
             return self.net(flat).reshape(B, N, self.n_factors)
-        live = m.reshape(-1) > 0
-        if int(live.sum()) < 2:  # BatchNorm cannot train on fewer than two rows
+        if live is None:
+            live = (m > 0).nonzero(as_tuple=True)
+        rows = live[0] * N + live[1]  # [S] flat rows, ascending: the order m > 0 selects in
+        if len(rows) < 2:  # BatchNorm cannot train on fewer than two rows
             return flat.new_zeros(B, N, self.n_factors)
         out = flat.new_zeros(B * N, self.n_factors)
-        out[live] = self.net(flat[live])
+        out = out.index_put((rows,), self.net(flat[rows]))
         return out.reshape(B, N, self.n_factors)  # [B, N, K]
 
 
@@ -92,7 +99,7 @@ class CANet(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         z = batch.x[:, -1]  # [B, N, C]: Z_t, known before r_t
-        beta = self.beta(z, batch.m)  # [B, N, K]
+        beta = self.beta(z, batch.m, batch.live)  # [B, N, K]
         f = self.factor(z, batch.r, batch.m)  # [B, K]: realised factor (uses r_t)
         return beta, f
 

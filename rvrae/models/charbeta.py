@@ -28,7 +28,9 @@ from rvrae.models.ca import CAFactorNet, masked_mse
 EVAL_ROWS = 8192
 
 
-def over_stocks(net: nn.Module, x: torch.Tensor, eval_rows: int = EVAL_ROWS) -> torch.Tensor:
+def over_stocks(
+    net: nn.Module, x: torch.Tensor, rows: torch.Tensor | None = None, eval_rows: int = EVAL_ROWS,
+) -> torch.Tensor:
     """Apply a per-stock sequence net to every stock of every month of a batch at once.
 
     x [B, L, N, C] -> net([rows, L, C]) -> [B, N, D]. Stocks whose whole window is zero (not
@@ -36,16 +38,17 @@ def over_stocks(net: nn.Module, x: torch.Tensor, eval_rows: int = EVAL_ROWS) -> 
     which is exactly what running them would give (each row is independent) at a fraction of
     the cost on a panel whose union of stocks is much larger than a month's cross-section.
     Without gradients the live rows go through in chunks of `eval_rows` to bound memory.
+    `rows` ([S] flat b·N + n, ascending) names the live rows where the caller knows them
+    (`Batch.seen_rows()`, found on the host): finding them here waits for the device.
     """
     B, L, N, C = x.shape
-    rows = x.permute(0, 2, 1, 3).reshape(B * N, L, C)  # [B·N, L, C]
-    live = rows.abs().amax(dim=(1, 2)) > 0  # [B·N]
-    idx = torch.nonzero(live).squeeze(1)
-    zero = net(rows.new_zeros(1, L, C))  # [1, D]
+    seqs = x.permute(0, 2, 1, 3).reshape(B * N, L, C)  # [B·N, L, C]
+    idx = rows if rows is not None else torch.nonzero(seqs.abs().amax(dim=(1, 2)) > 0).squeeze(1)
+    zero = net(seqs.new_zeros(1, L, C))  # [1, D]
     if torch.is_grad_enabled() or len(idx) <= eval_rows:
-        parts = [net(rows[idx])] if len(idx) else []
+        parts = [net(seqs[idx])] if len(idx) else []
     else:
-        parts = [net(rows[idx[s : s + eval_rows]]) for s in range(0, len(idx), eval_rows)]
+        parts = [net(seqs[idx[s : s + eval_rows]]) for s in range(0, len(idx), eval_rows)]
     out = zero.expand(B * N, -1)
     if parts:
         out = out.index_put((idx,), torch.cat(parts))  # out-of-place: autograd-safe
@@ -61,7 +64,7 @@ class CharBetaNet(nn.Module):
         self.factor = CAFactorNet(n_chars, n_factors, ridge)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        beta = over_stocks(self.beta, batch.x)  # [B, N, K] from chars[..t] only
+        beta = over_stocks(self.beta, batch.x, batch.seen_rows())  # [B, N, K] from chars[..t]
         f = self.factor(batch.x[:, -1], batch.r, batch.m)  # [B, K]: realised (uses r_t)
         return beta, f
 

@@ -121,8 +121,8 @@ class FactorVAENet(nn.Module):
         self.prior_mu = nn.Linear(H, 1)
         self.prior_sigma = nn.Linear(H, 1)
 
-    def extract(self, x: torch.Tensor) -> torch.Tensor:
-        return over_stocks(self.features, x)  # [B, N, H], batched over every stock
+    def extract(self, batch: Batch) -> torch.Tensor:
+        return over_stocks(self.features, batch.x, batch.seen_rows())  # [B, N, H], every stock
 
     def portfolio_weights(self, e: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """[B, N, M]: each portfolio's weights sum to 1 over the month's live stocks (eq. 3);
@@ -214,7 +214,7 @@ class FactorVAE(NeuralFactorModel):
         return FactorVAENet(panel.C, c.hidden, c.n_portfolios, c.n_factors, c.beta_portfolios)
 
     def loss(self, net: FactorVAENet, batch: Batch) -> torch.Tensor:
-        e = net.extract(batch.x)
+        e = net.extract(batch)
         dec = net.decoder(e)
         mu_post, sigma_post = net.posterior(e, batch.r, batch.m, dec)
         mu_prior, sigma_prior = net.prior(e, known_before(batch))
@@ -228,7 +228,7 @@ class FactorVAE(NeuralFactorModel):
         return nll + self.config.gamma * kl.mean()
 
     def forecast(self, net: FactorVAENet, batch: Batch) -> dict[str, torch.Tensor]:
-        e = net.extract(batch.x)
+        e = net.extract(batch)
         mu_a, sigma_a, beta = dec = net.decoder(e)
         mu_post, _ = net.posterior(e, batch.r, batch.m, dec)
         mu_prior, sigma_prior = net.prior(e, known_before(batch))
