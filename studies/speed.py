@@ -2,7 +2,7 @@
 case × repeat under --out (study=speed), then the table of medians with their targets.
 
     python studies/speed.py [--quick] [--cases abcdefgh] [--repeats N] [--out results] [--no-write]
-                             [--device cuda] [--epochs N]
+                            [--device cpu|cuda] [--epochs N] [--models rvrae,ca,...]
 
 See rvrae/study/speed.py for the cases. `rvrae table results --study speed` re-renders the rows.
 """
@@ -27,11 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="where cases b, e and s fit: cpu or cuda (default cpu)")
     p.add_argument("--epochs", type=int, default=None, help="cases b and s: epochs per fit (default 1, s at least 3; "
                    "with more, seconds is the steady state, epochs 2..n)")
+    p.add_argument("--models", default=None,
+                   help="cases b and s: comma-separated models (default: all for b, rvrae for s)")
     p.add_argument("--no-write", action="store_true", help="print only, write no rows")
     a = p.parse_args(argv)
     try:
         run_speed(a.cases, quick=a.quick, out=None if a.no_write else a.out, repeats=a.repeats,
-                  device=a.device, epochs=a.epochs)
+                  device=a.device, epochs=a.epochs,
+                  models=None if a.models is None else tuple(m.strip() for m in a.models.split(",")))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

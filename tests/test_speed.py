@@ -128,3 +128,10 @@ def test_case_s_runs_its_fits_side_by_side_and_reports_the_throughput(tmp_path):
     assert len(read_results(tmp_path, "speed")) == 1
     with pytest.raises(UserError, match="--cases"):
         run_speed("sx", out=tmp_path, sizes=sizes)
+    # --models: one row per named model, each its own fits
+    rows = run_speed("s", out=None, sizes=sizes, models=("ca", "factorvae"))
+    assert [r["model"] for r in rows] == ["ca", "factorvae"]
+    assert all(r["ratio"] == pytest.approx(2 * r["ref_seconds"] / r["seconds"]) for r in rows)
+    assert rows[0]["seconds"] < rows[1]["seconds"]  # CA's epoch is FactorVAE's at a fraction
+    with pytest.raises(UserError, match="--models"):
+        run_speed("s", out=None, sizes=sizes, models=("rvrae", "lstm"))

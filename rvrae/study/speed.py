@@ -4,6 +4,7 @@ seconds are kept as context only.
 
     python studies/speed.py [--quick] [--cases abcdefgh] [--repeats N] [--out results]
     python studies/speed.py --cases s --device cuda       # fits sharing one GPU
+    python studies/speed.py --cases bs --models alstm,ca  # cases b and s for these models
 
 Cases (medians over repeats):
   a  IPCA vs the peer package `ipca`: time ratio peer/ours and ΔR² (target ≥ 30× at |ΔR²| ≤ 1e-4)
@@ -21,9 +22,10 @@ Cases (medians over repeats):
      trial time, ratio = ASHA ÷ none (target ≤ 0.5 with the best within the seed noise)
   h  forecast storage: a benchmark grid with vs without stored forecasts (--no-forecasts),
      ratio of wall times (target ≤ 1.05), and the bytes of one trial's file at 5,682 stocks
-  s  sharing: `share` (4) RVRAE fits at once on one device, each with 1/4 of the CPUs, vs one
-     alone, at case b's sizes; ratio = the throughput gained (no target: `--device cuda` on
-     a GPU box measures the cluster's 0.25 GPU per trial)
+  s  sharing: `share` (4) fits of a model (RVRAE; `--models` names others) at once on one
+     device, each with 1/4 of the CPUs, vs one alone, at case b's sizes; ratio = the
+     throughput gained (no target: `--device cuda` on a GPU box measures the cluster's 0.25
+     GPU per trial)
 
 Rows go to `<out>/study=speed/model=<model>/` (`rvrae.results.store.write_row`), one per case
 × repeat (`seed` = repeat index), with a `case` column, so `rvrae table results --study speed`
@@ -123,6 +125,7 @@ class Sizes:
     threads: int = 1  # torch threads of every measured fit (a trial's CPUs in the harness)
     device: str = "cpu"  # b and e: where the measured fits run ("cuda" on a GPU box)
     share: int = 4  # s: fits at once on the device (the cluster's 0.25 GPU per trial)
+    share_models: tuple = ("rvrae",)  # s: whose fits share it, one row each
 
     @classmethod
     def full(cls) -> "Sizes":
@@ -266,7 +269,7 @@ def case_b(s: Sizes) -> list[dict]:
 
 
 def case_s(s: Sizes) -> list[dict]:
-    """`s.share` RVRAE fits at once on one device (a GPU shared the cluster's way, 1/share of
+    """For each of `s.share_models`: `s.share` fits at once on one device (a GPU shared the cluster's way, 1/share of
     it per trial; or a node's cores), each a `python -m rvrae.bench` process with 1/share of
     the CPUs, against one fit alone with the same threads. ratio = the throughput gained:
     share × (s/epoch alone) ÷ (mean s/epoch of the shared fits). The per-epoch figure is the
@@ -277,14 +280,17 @@ def case_s(s: Sizes) -> list[dict]:
     epochs = max(3, s.bench_epochs)
     threads = max(1, (os.cpu_count() or 1) // k)
     case = f"s {k} fits sharing {s.device}, {b_size(z)}"
-    alone = bench_subprocess("rvrae", z, epochs, threads, device=s.device)
-    shared = bench_together("rvrae", z, epochs, threads, k, device=s.device)
-    per = [r["seconds_per_epoch"] for r in shared]
-    starts, ends = [r["started"] for r in shared], [r["ended"] for r in shared]
-    overlap = max(0.0, min(ends) - max(starts)) / (max(ends) - min(starts))
-    return [_row(case, "rvrae", 0, seconds=float(np.mean(per)), ref_seconds=alone["seconds_per_epoch"],
-                 ratio=k * alone["seconds_per_epoch"] / float(np.mean(per)), overlap=overlap,
-                 seconds_max=float(np.max(per)), gpu_peak_mb=float(np.max([r["gpu_peak_mb"] for r in shared])))]  # fmt: skip
+    rows = []
+    for model in s.share_models:
+        alone = bench_subprocess(model, z, epochs, threads, device=s.device)
+        shared = bench_together(model, z, epochs, threads, k, device=s.device)
+        per = [r["seconds_per_epoch"] for r in shared]
+        starts, ends = [r["started"] for r in shared], [r["ended"] for r in shared]
+        overlap = max(0.0, min(ends) - max(starts)) / (max(ends) - min(starts))
+        rows.append(_row(case, model, 0, seconds=float(np.mean(per)), ref_seconds=alone["seconds_per_epoch"],
+                         ratio=k * alone["seconds_per_epoch"] / float(np.mean(per)), overlap=overlap,
+                         seconds_max=float(np.max(per)), gpu_peak_mb=float(np.max([r["gpu_peak_mb"] for r in shared]))))  # fmt: skip
+    return rows
 
 
 # ---------------------------------------------------------------- c, d: the harness
@@ -635,9 +641,11 @@ RUNNERS = {"a": case_a, "b": case_b, "e": case_e, "f": case_f, "g": case_g, "h":
 
 def run_speed(cases: str = DEFAULT_CASES, quick: bool = False, out: Path | str | None = Path("results"),
               repeats: int | None = None, sizes: Sizes | None = None, console=None,
-              device: str | None = None, epochs: int | None = None) -> list[dict]:
+              device: str | None = None, epochs: int | None = None,
+              models: tuple[str, ...] | None = None) -> list[dict]:
     """Run the chosen cases, write one Parquet row per case × repeat under `out` (None: none),
-    print the medians with their targets; returns the rows."""
+    print the medians with their targets; returns the rows. `models`: the models of cases b
+    and s (default: every model for b, RVRAE for s)."""
     from rich.console import Console
 
     from rvrae.results.store import write_row
@@ -659,6 +667,11 @@ def run_speed(cases: str = DEFAULT_CASES, quick: bool = False, out: Path | str |
             if not torch.cuda.is_available():
                 raise UserError(f"--device {device}: torch sees no CUDA device on this machine")
         s.device = device
+    if models is not None:
+        unknown = [m for m in models if m not in MODELS]
+        if unknown or not models:
+            raise UserError(f"--models: expected names from {', '.join(MODELS)}, got {','.join(models)!r}")
+        s.bench_models = s.share_models = tuple(models)
     if epochs is not None:
         if epochs < 1:
             raise UserError(f"--epochs must be >= 1, got {epochs}")
