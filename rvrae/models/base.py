@@ -153,9 +153,13 @@ class Batch:
         """[S] flat rows b·N + n of the (month, stock) windows with a non-zero characteristic,
         ascending: the rows a per-stock sequence net runs on (`charbeta.over_stocks`). Found
         on the host where `batch` made them, else on the device (which waits for it)."""
-        if self.seen is not None:
-            return self.seen
-        return torch.nonzero(self.x.abs().amax(dim=(1, 3)).reshape(-1) > 0).squeeze(1)
+        return self.seen if self.seen is not None else rows_with_chars(self.x)
+
+
+def rows_with_chars(x: torch.Tensor) -> torch.Tensor:
+    """[S] flat rows b·N + n of x [B, L, N, C] whose window has a non-zero characteristic,
+    found on the device (`nonzero` waits for it)."""
+    return torch.nonzero(x.abs().amax(dim=(1, 3)).reshape(-1) > 0).squeeze(1)
 
 
 class PanelTensors:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rvrae.data.panel import Panel
-from rvrae.models.base import Batch, NeuralFactorModel
+from rvrae.models.base import Batch, NeuralFactorModel, rows_with_chars
 from rvrae.models.ca import CAFactorNet, masked_mse
 
 # Sequences per forward call when no gradient is kept (predict, validation): bounds the
@@ -43,7 +43,7 @@ def over_stocks(
     """
     B, L, N, C = x.shape
     seqs = x.permute(0, 2, 1, 3).reshape(B * N, L, C)  # [B·N, L, C]
-    idx = rows if rows is not None else torch.nonzero(seqs.abs().amax(dim=(1, 2)) > 0).squeeze(1)
+    idx = rows if rows is not None else rows_with_chars(x)
     zero = net(seqs.new_zeros(1, L, C))  # [1, D]
     if torch.is_grad_enabled() or len(idx) <= eval_rows:
         parts = [net(seqs[idx])] if len(idx) else []
