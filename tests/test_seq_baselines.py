@@ -88,10 +88,16 @@ def test_over_stocks_skips_dead_rows_and_chunks_without_changing_numbers():
     x[0, :, 2] = 0.0  # a stock with no data in its window
     x[1, :, [0, 5]] = 0.0
     rows = x.permute(0, 2, 1, 3).reshape(14, 5, 3)
+    seen = []  # rows per forward call: the dead ones must not be run (only the one zero row)
+    net.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
     with torch.no_grad():
         want = net(rows).reshape(2, 7, 2)
+        seen.clear()
         got = over_stocks(net, x)
+        assert sorted(seen) == [1, 11], seen  # the zero window once, then the 11 live rows
+        seen.clear()
         chunked = over_stocks(net, x, eval_rows=3)
+        assert sorted(seen) == [1, 2, 3, 3, 3], seen  # 11 live rows in chunks of ≤ 3
     assert torch.allclose(got, want, atol=1e-6)
     assert torch.allclose(chunked, want, atol=1e-6)
     # with gradients: the same numbers, and gradients reach the net through every live row
