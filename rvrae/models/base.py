@@ -103,8 +103,8 @@ class NeuralConfig:
     # The premia the forecast starts from (`NeuralFactorModel.calibrate`): "factors", the
     # prevailing mean of the model's own factors f_post (eq. 33); "ls", the prevailing mean of
     # each month's least-squares factors on the model's own β (Fama–MacBeth premia,
-    # `rvrae.npx.ls_factors`), the dynamic part unchanged. Not the default: studies/FINDINGS.md,
-    # "Unseen panels A and B", gives the measured reason for it and against it
+    # `rvrae.npx.ls_factors`), the dynamic part unchanged. RVRAE's default, not the others':
+    # studies/FINDINGS.md, "Fama–MacBeth premia as RVRAE's default"
     premia: str = "factors"
     # The forecast's level (`NeuralFactorModel.calibrate`): "none" keeps it; "valid" scales
     # the whole forecast β f_fc by c = Σ r r̂ / Σ r̂² over the validation months, clipped to
