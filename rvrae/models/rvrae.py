@@ -41,7 +41,8 @@ the tables):
   against one KL; we average the error per stock, so the KL is divided by the live stocks to
   keep the paper's ratio (FactorVAE's default too). Measured equal in R² to "per_month" on
   the previous panel; chosen because it is the literal eq. 30.
-* `forecast="ar1"` (default): the forecast is f̄ + w (g − f̄), f̄ the prevailing mean of f_post,
+* `forecast="ar1"` (default): the forecast is f̄ + w (g − f̄), f̄ the premia (by default the
+  prevailing mean of the least-squares factors on β, `premia` below; else that of f_post),
   g each factor's AR(1) forecast from its own past f_post (least squares on the months before,
   `rvrae.npx.prevailing_ar1`: the transition equation of a classical dynamic factor model), and
   w ∈ [0, 1] fitted on the validation months after the fit (`NeuralFactorModel.calibrate`),
