@@ -205,7 +205,7 @@ class Config(NeuralConfig):
     patience: int = 10  # early stopping (NeuralConfig's default is 5): the factor path can sit
     # on a plateau for 5+ epochs before it finds a factor (module docstring)
     premia: str = "ls"  # the forecast's premia: the prevailing mean of each month's least-
-    # squares factors on β (Fama–MacBeth), as IPCA's and CA's factors are; NeuralConfig's
+    # squares factors on β (Fama–MacBeth; IPCA's factors are such factors); NeuralConfig's
     # default "factors" (the prevailing mean of f_post) ranked worse on 7 of 9 panels (module
     # docstring)
 
