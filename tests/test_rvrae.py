@@ -38,6 +38,12 @@ def fitted(panel: Panel, **over) -> RVRAE:
     return RVRAE({**SMALL, **over}).fit(panel.view(TRAIN), panel.view(VALID), seed=0)
 
 
+def fitted_fbar(panel: Panel, **over) -> RVRAE:
+    """A fit whose forecast starts from f̄, the prevailing mean of f_post (`premia="factors"`;
+    RVRAE's default is "ls"): the tests of the share w and the level c around f̄."""
+    return fitted(panel, premia="factors", **over)
+
+
 def test_no_look_ahead_r_hat_ignores_the_months_returns_f_post_uses_them():
     panel = planted_panel()
     model = fitted(panel)
@@ -204,8 +210,8 @@ def test_shrunk_forecast_is_chosen_on_validation():
     validation months, so there its squared error is no worse than the raw prior's (w = 1) or
     the prevailing mean's (w = 0); forecast="prior" is the raw prior."""
     panel = planted_panel()
-    raw = fitted(panel, epochs=3, forecast="prior", premia="factors")
-    shrunk = fitted(panel, epochs=3, forecast="shrunk", forecast_tstat=0.0, premia="factors")  # no gate
+    raw = fitted_fbar(panel, epochs=3, forecast="prior")
+    shrunk = fitted_fbar(panel, epochs=3, forecast="shrunk", forecast_tstat=0.0)  # no gate
     assert raw.forecast_weight_ is None and 0.0 <= shrunk.forecast_weight_ <= 1.0
     a, b = raw.predict(panel.view(VALID)), shrunk.predict(panel.view(VALID))
     np.testing.assert_array_equal(a.beta, b.beta)  # the same fit: only the forecast differs
@@ -229,7 +235,7 @@ def test_shrunk_forecast_gate_keeps_the_prevailing_mean_below_its_t_statistic(mo
     OLS of the returns on β plus noise (it knows part of the month: t large), and the
     prevailing mean plus noise (t small)."""
     panel = planted_panel()
-    model = fitted(panel, epochs=1, forecast="shrunk", forecast_tstat=0.0, premia="factors")
+    model = fitted_fbar(panel, epochs=1, forecast="shrunk", forecast_tstat=0.0)
     months = np.arange(6, 36)  # 30 months: a clustered t-statistic needs more than VALID's 6
     valid = panel.view(months)
     tensors = PanelTensors(valid.view(None), "cpu", model.config.seq_len)
@@ -289,8 +295,8 @@ def test_forecast_scale_is_the_validation_slope_through_the_origin_and_keeps_the
     r̂ is then c times the unscaled forecast, so every month ranks the stocks as before."""
     panel = planted_panel()
     hist = np.arange(TEST.max() + 1)
-    plain = fitted(panel, epochs=1, forecast_tstat=0.0, premia="factors")  # forecast_scale="none": the level as is
-    scaled = fitted(panel, epochs=1, forecast_tstat=0.0, forecast_scale="valid", premia="factors")  # the same fit
+    plain = fitted_fbar(panel, epochs=1, forecast_tstat=0.0)  # forecast_scale="none": the level as is
+    scaled = fitted_fbar(panel, epochs=1, forecast_tstat=0.0, forecast_scale="valid")  # the same fit
     assert plain.forecast_scale_ is None and scaled.forecast_weight_ == plain.forecast_weight_
     a, b = plain.predict(panel.view(hist)), scaled.predict(panel.view(hist))
     rh, r, m = a.r_hat[VALID].astype(np.float64), panel.ret[VALID], panel.mask[VALID]
@@ -300,7 +306,7 @@ def test_forecast_scale_is_the_validation_slope_through_the_origin_and_keeps_the
     np.testing.assert_array_equal(b.beta, a.beta)
     # The clip, with the net's output held fixed and the validation returns set to k r̂ (slope
     # k exactly; forecast="mean", so no share w moves with the returns).
-    model = fitted(panel, epochs=1, forecast="mean", forecast_scale="valid", premia="factors")
+    model = fitted_fbar(panel, epochs=1, forecast="mean", forecast_scale="valid")
     tensors = PanelTensors(panel, "cpu", model.config.seq_len)
     out = model._run(tensors, np.arange(VALID.max() + 1))
     r_hat = model.predict(panel.view(hist)).r_hat / float(model.forecast_scale_)  # unscaled
@@ -337,8 +343,8 @@ def test_ar1_forecast_is_the_prevailing_mean_plus_a_validation_share_of_each_fac
     model's own past f_post (rvrae.npx.prevailing_ar1), f̄ its prevailing mean, w ∈ [0, 1] the
     validation minimiser; "mean" is w = 0, and the fit is the same whatever the forecast."""
     panel = planted_panel()
-    ar1 = fitted(panel, epochs=3, forecast="ar1", forecast_tstat=0.0, premia="factors")
-    mean = fitted(panel, epochs=3, forecast="mean", premia="factors")
+    ar1 = fitted_fbar(panel, epochs=3, forecast="ar1", forecast_tstat=0.0)
+    mean = fitted_fbar(panel, epochs=3, forecast="mean")
     assert mean.forecast_weight_ is None and 0.0 <= ar1.forecast_weight_ <= 1.0
     hist = np.arange(TEST.max() + 1)
     a, b = ar1.predict(panel.view(hist)), mean.predict(panel.view(hist))
@@ -359,7 +365,7 @@ def test_ls_premia_start_the_forecast_from_the_least_squares_factors_on_beta():
     deviation of f_post as before, w fitted on validation around f̄_ls; the fit is the same."""
     panel = planted_panel()
     ls = fitted(panel, epochs=3, forecast="ar1", forecast_tstat=0.0)  # RVRAE's default premia
-    post = fitted(panel, epochs=3, forecast="ar1", forecast_tstat=0.0, premia="factors")
+    post = fitted_fbar(panel, epochs=3, forecast="ar1", forecast_tstat=0.0)
     assert ls.config.premia == "ls"
     hist = np.arange(TEST.max() + 1)
     a, b = ls.predict(panel.view(hist)), post.predict(panel.view(hist))

@@ -68,8 +68,8 @@ the tables):
   prevailing mean of each month's least-squares factors on the model's own β (Fama–MacBeth
   premia) instead of that of f_post, the AR(1) share and its gate unchanged. Our reading: the
   paper's r̂ = β f̂ (eq. 33's predictive form) names no premia estimator; f_post is the encoder's
-  posterior, not the factors β prices, and IPCA's and CA's factors are least-squares factors on
-  their own β already. Measured on 27 default fits (9 planted panels × 3 seeds, the same nets
+  posterior, not the factors β prices (IPCA's factors are least-squares factors on its β
+  already; CA given the same option ranked as before, 54.1 against 54.0 %). Measured on 27 default fits (9 planted panels × 3 seeds, the same nets
   scored both ways; studies/FINDINGS.md, "Fama–MacBeth premia as RVRAE's default"): Rank IC
   +3.3 points of the oracle's on average (60.8 against 57.5 %), higher on 7 panels and within
   one point on the other two; mean forecast R² 0.54 against 0.50 %. What it costs: the
