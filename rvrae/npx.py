@@ -6,6 +6,8 @@ Torch-free, so every layer may import it; each helper exists once, here.
 * `prevailing_mean`: the factor forecast of models without a factor forecaster (GKX; paper
   eq. 33).
 * `prevailing_ar1`: the same with each factor's own AR(1) dynamics, fitted on the rows before.
+* `ar1_factor_tstats`, `bonferroni_t`: each factor's out-of-sample AR(1) test and its critical
+  value over the factors (`NeuralConfig.forecast_test`).
 * `ls_factors`: each month's cross-sectional least-squares factors on given betas (IPCA's
   realised factors; the ceiling regression of `rvrae.metrics.r2_beta`).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.special import ndtri
 
 
 def tie_average_ranks(v: np.ndarray, dtype=np.float64) -> np.ndarray:
@@ -73,6 +76,23 @@ def clustered_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     score = np.sum(x * (y - b * x), axis=1)  # [t]
     se = float(np.sqrt(np.sum(score * score))) / xx
     return b, (b / se if se > 0 else (math.inf if b > 0 else 0.0))
+
+
+def ar1_factor_tstats(f: np.ndarray, fbar: np.ndarray, dev: np.ndarray) -> np.ndarray:
+    """[t, K] three times -> [K]: for each factor k, the t-statistic of the least-squares slope
+    through the origin of f_k − f̄_k (the realised factor against its prevailing mean) on
+    dev_k (a forecast's deviation from the mean, made before the month: `prevailing_ar1`),
+    one row a month, the error heteroskedasticity-robust (`clustered_slope`, one cell a
+    month): the forecast tested out of sample, factor by factor."""
+    y = np.asarray(f, dtype=np.float64) - fbar
+    x = np.asarray(dev, dtype=np.float64)
+    return np.array([clustered_slope(x[:, k : k + 1], y[:, k : k + 1])[1] for k in range(x.shape[1])])
+
+
+def bonferroni_t(k: int, size: float = 0.05) -> float:
+    """The two-sided Bonferroni critical t for k tests at family-wise `size`: Φ⁻¹(1 − size / 2k)
+    (2.58 for k = 5 at 5 %)."""
+    return float(ndtri(1.0 - size / (2 * k)))
 
 
 def shrinkage(t: float) -> float:

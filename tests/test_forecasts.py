@@ -16,13 +16,15 @@ import pytest
 from rvrae.cli import main as cli
 from rvrae.metrics import TEST_METRICS, long_short
 from rvrae.models.base import FORECAST_SCALE_FLOOR
+from rvrae.npx import bonferroni_t
 from rvrae.results.forecasts import NOT_RESCORED, forecast_path, read_forecast, rescore_rows, scores, seed_ensembles
 from rvrae.results.store import METRIC_COLUMNS, cell_id, read_results
 from rvrae.results.tables import ENSEMBLE, build_tables
 from rvrae.study.runner import StudyOptions, optuna_study_name, run_study
 
 SPLIT = (3, 1, 1)
-SMALL = {"ca": {"width_scale": 0.25}, "factorvae": {"hidden": 8, "n_portfolios": 8, "n_factors": 2, "seq_len": 3}}
+SMALL = {"ca": {"width_scale": 0.25},
+         "factorvae": {"hidden": 8, "n_portfolios": 8, "n_factors": 2, "seq_len": 3, "forecast_test": "valid+factors"}}
 # Stored float32 fitted values (β̂'f̂) against the trial's float64 products: R² agrees to
 # float32 precision; every metric of r_hat / r_std / ret alone is recomputed exactly.
 R2_RTOL = 1e-5
@@ -57,13 +59,16 @@ def test_every_trial_leaves_forecasts_and_a_learning_curve(bench):
         assert fc["r_std"].notna().all() == (r["model"] == "factorvae")  # IPCA has no r_std
         if r["model"] == "ipca":  # no dynamic forecast, no share, no prior
             assert math.isnan(r.get("forecast_weight", math.nan))
+            assert math.isnan(r.get("forecast_factor_tstat", math.nan))
             assert math.isnan(r.get("prior_spread", math.nan))
         if r["model"] == "factorvae":
             # the AR(1) share the forecast used, and its validation t: w = 0 below the gate,
             # where r̂ is β̂ times the prevailing mean of f_post (fit_pred) at the forecast's
             # validation-fitted level c (forecast_scale="shrink", FactorVAE's default); above it, not
             w, t, c = r["forecast_weight"], r["forecast_tstat"], r["forecast_scale"]
-            assert 0.0 <= w <= 1.0 and (w == 0.0 or t >= 2.0) and FORECAST_SCALE_FLOOR <= c <= 1.0
+            tf = r["forecast_factor_tstat"]  # the largest factor's own AR(1) t (forecast_test)
+            assert 0.0 <= w <= 1.0 and FORECAST_SCALE_FLOOR <= c <= 1.0 and math.isfinite(tf)
+            assert w == 0.0 or t >= 2.0 or (w == 1.0 and tf >= bonferroni_t(2)), (w, t, tf)
             at_mean = np.allclose(fc["r_hat"], c * fc["fit_pred"], atol=1e-6)
             assert at_mean == (w == 0.0), (w, t)
             assert math.isfinite(r["prior_spread"]) and r["prior_spread"] >= 0.0  # its prior's movement

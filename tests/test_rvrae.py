@@ -11,8 +11,8 @@ from torch.distributions import Normal, kl_divergence
 
 from rvrae.data.panel import Panel
 from rvrae.errors import UserError
-from rvrae.models.base import FORECAST_SCALE_FLOOR, PanelTensors, prevailing_mean
-from rvrae.npx import ls_factors, prevailing_ar1
+from rvrae.models.base import FORECAST_HISTORY_START, FORECAST_SCALE_FLOOR, PanelTensors, prevailing_mean
+from rvrae.npx import bonferroni_t, ls_factors, prevailing_ar1
 from rvrae.models.registry import get_spec
 from rvrae.models.rvrae import RVRAE, Config
 
@@ -21,16 +21,19 @@ TRAIN, VALID, TEST = np.arange(4, 24), np.arange(24, 30), np.arange(30, 36)
 SMALL = dict(epochs=2, n_factors=2, hidden=8, seq_len=4, mc_samples=3, batch_months=2)
 
 
-def planted_panel(seed: int = 0) -> Panel:
-    """Two planted factors with betas in chars 0 and 1, stocks missing at random, and one
-    characteristic entirely zero in a month (the ridge must survive it)."""
+def planted_panel(seed: int = 0, months: int = T, phi: float = 0.0) -> Panel:
+    """Two planted factors with betas in chars 0 and 1 (the second AR(1) with `phi`), stocks
+    missing at random, and one characteristic entirely zero in a month (the ridge must
+    survive it)."""
     rng = np.random.default_rng(seed)
-    chars = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
+    chars = rng.uniform(-1, 1, (months, N, C)).astype(np.float32)
     chars[10, :, 3] = 0.0
-    f = np.array([0.01, 0.005]) + np.array([0.05, 0.03]) * rng.standard_normal((T, 2))
+    f = np.array([0.01, 0.005]) + np.array([0.05, 0.03]) * rng.standard_normal((months, 2))
+    for t in range(1, months):  # the second factor's AR(1) around its mean (phi = 0: none)
+        f[t, 1] += phi * (f[t - 1, 1] - 0.005)
     beta = np.stack([1 + 0.5 * chars[..., 0], chars[..., 1]], -1)
-    ret = np.einsum("tnk,tk->tn", beta, f) + 0.05 * rng.standard_normal((T, N))
-    mask = rng.uniform(size=(T, N)) > 0.2
+    ret = np.einsum("tnk,tk->tn", beta, f) + 0.05 * rng.standard_normal((months, N))
+    mask = rng.uniform(size=(months, N)) > 0.2
     return Panel.from_arrays(chars, ret, mask)
 
 
@@ -389,6 +392,44 @@ def test_ls_premia_start_the_forecast_from_the_least_squares_factors_on_beta():
     np.testing.assert_allclose(ls.forecast_tstat_, slope / (np.sqrt((score**2).sum()) / (x * x).sum()), rtol=1e-4)
     with pytest.raises(UserError, match="premia"):
         Config(premia="fm")
+
+
+def test_factor_test_keeps_the_ar1_where_a_factors_own_history_supports_it():
+    """forecast_test="valid+factors": where the validation gate keeps no share, the AR(1) is
+    kept as it is (w = 1) if some factor's own AR(1) forecast predicts that factor's f_post
+    — its realised least-squares factor on β, not f_post — over months
+    FORECAST_HISTORY_START..end of validation at t ≥ the Bonferroni critical value over the
+    factors; "valid" (the default of the other models) never looks there."""
+    train, valid, hist = np.arange(4, 64), np.arange(64, 76), np.arange(76)
+
+    def fit(panel, **over):
+        over = {**SMALL, "epochs": 3, "forecast": "ar1", "forecast_tstat": math.inf, **over}
+        return RVRAE(over).fit(panel.view(train), panel.view(valid), seed=0)
+
+    for phi, opens in ((0.9, True), (0.0, False)):  # a persistent second factor, or none
+        panel = planted_panel(2, months=84, phi=phi)
+        both = fit(panel, forecast_test="valid+factors"), fit(panel)
+        a = both[0].predict(panel.view(hist))
+        np.testing.assert_array_equal(a.f_post, both[1].predict(panel.view(hist)).f_post)  # one fit
+        f_all = a.f_post.astype(np.float64)
+        dev = prevailing_ar1(f_all) - prevailing_mean(f_all)
+        ls = ls_factors(a.beta, panel.ret[hist], panel.mask[hist])  # each month's, on β
+        window = np.arange(FORECAST_HISTORY_START, 76)
+        by_hand = []
+        for k in range(f_all.shape[1]):  # ls − l̄s on g − f̄ through the origin, HC t, by hand
+            x, y = dev[window, k], (ls - prevailing_mean(ls))[window, k]
+            b = (x * y).sum() / (x * x).sum()
+            by_hand.append(b / (np.sqrt(((x * (y - b * x)) ** 2).sum()) / (x * x).sum()))
+        assert both[0].forecast_factor_tstat_ == pytest.approx(max(by_hand), rel=1e-4)
+        assert (max(by_hand) >= bonferroni_t(2)) == opens, by_hand  # this fit, this panel
+        assert both[0].forecast_weight_ == (1.0 if opens else 0.0)
+        assert both[1].forecast_weight_ == 0.0 and both[1].forecast_factor_tstat_ is None
+        # the validation gate, where it opens, decides w as before
+        open_gate = fit(panel, forecast_test="valid+factors", forecast_tstat=-math.inf)
+        assert open_gate.forecast_weight_ == fit(panel, forecast_tstat=-math.inf).forecast_weight_
+    assert bonferroni_t(5) == pytest.approx(2.5758, abs=1e-4) and bonferroni_t(1) == pytest.approx(1.96, abs=1e-3)
+    with pytest.raises(UserError, match="forecast_test"):
+        Config(forecast_test="train")
 
 
 def test_beta_portfolios_are_each_months_ridge_factors_on_beta_and_reach_the_last_step():

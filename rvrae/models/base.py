@@ -22,7 +22,8 @@ import torch
 from rvrae.data.panel import Panel, window_months
 from rvrae.errors import UserError
 from rvrae.npx import (  # the factor forecasts (eq. 33), their calibration and diagnostics
-    clustered_slope, ls_factors, prevailing_ar1, prevailing_mean, prior_spread, shrinkage,
+    ar1_factor_tstats, bonferroni_t, clustered_slope, ls_factors, prevailing_ar1, prevailing_mean,
+    prior_spread, shrinkage,
 )
 
 # progress(epoch, {"train_loss": ..., "valid_loss": ...}); the study harness reports it to Tune.
@@ -100,6 +101,19 @@ class NeuralConfig:
     # plug-in estimate of the squared-error-optimal shrinkage of an estimate with t-statistic
     # t, continuous in t (studies/FINDINGS.md: the gate's knife edge)
     forecast_gate: str = "tstat"
+    # What else may keep the AR(1) forecast (`calibrate`; forecast="ar1" only): "valid", the
+    # validation t-statistic above alone; "valid+factors", also each factor's own history:
+    # where the validation gate keeps no share but some factor's AR(1) deviation predicts
+    # that factor's realised least-squares factor on β (each month's returns on the model's
+    # β, `rvrae.npx.ls_factors`, not f_post: a recurrent encoder's f_post shares its window
+    # with the month before, which an AR(1) would find as persistence) over months
+    # FORECAST_HISTORY_START..end of validation at a t-statistic of at least Φ⁻¹(1 − 0.025 / K)
+    # (`rvrae.npx.ar1_factor_tstats`; Bonferroni: 5 % over the K factors, 2.58 at K = 5), the
+    # AR(1) is kept as it is (w = 1). A factor's own test is free of the other factors'
+    # shocks that a test on the returns carries, so it sees a small persistent factor that
+    # 36 validation months of returns cannot (studies/FINDINGS.md, "The AR(1) forecast tested
+    # on each factor's history")
+    forecast_test: str = "valid"
     # The premia the forecast starts from (`NeuralFactorModel.calibrate`): "factors", the
     # prevailing mean of the model's own factors f_post (eq. 33); "ls", the prevailing mean of
     # each month's least-squares factors on the model's own β (Fama–MacBeth premia,
@@ -123,6 +137,10 @@ class NeuralConfig:
 # stocks as the model does, and its forecast R² is the zero forecast's (0) plus
 # 0.02 Σ r r̂ / Σ r² − 0.0001 Σ r̂² / Σ r² (r̂ unscaled).
 FORECAST_SCALE_FLOOR = 0.01
+
+# The first month of `forecast_test="valid+factors"`'s window (or the first validation month,
+# if earlier): the AR(1) forecast of every month from here on is fitted on at least 35 pairs.
+FORECAST_HISTORY_START = 36
 
 
 @dataclass
@@ -284,12 +302,15 @@ class NeuralFactorModel(FactorModel):
         instead: no step at a threshold, so a fit whose t lands at 1.99 rather than 2.01 moves
         its forecast by a little, not from the dynamic forecast to none. One weight, not one
         per factor: K weights on 36 months were a lottery (test Rank IC 0.031 or 0.078 for the
-        same model, measured). With `forecast_scale="valid"` the whole forecast β f_fc is then
-        scaled by its through-origin slope on the validation returns, c ∈ [0.01, 1]: its
-        level, not its ranks ("shrink": c shrunk by its t-statistic first). `calibrate_fit` lets a model take more from the same pass
+        same model, measured). With `forecast_test="valid+factors"` a fit whose validation
+        months keep no share keeps the AR(1) as it is (w = 1) where some factor's own AR(1)
+        forecast predicts it over the history (`forecast_test`). With `forecast_scale="valid"`
+        the whole forecast β f_fc is then scaled by its through-origin slope on the validation
+        returns, c ∈ [0.01, 1]: its level, not its ranks ("shrink": c shrunk by its
+        t-statistic first). `calibrate_fit` lets a model take more from the same pass
         (RVRAE: residual variance)."""
         self.forecast_weight_ = self.forecast_tstat_ = self.forecast_scale_ = None
-        self.prior_spread_ = None
+        self.prior_spread_ = self.forecast_factor_tstat_ = None
         valid_months = np.asarray(valid_months)
         if len(valid_months) == 0:
             return
@@ -323,6 +344,15 @@ class NeuralFactorModel(FactorModel):
                 w *= shrinkage(t)
             elif t < self.config.forecast_tstat:
                 w = 0.0
+            if self.config.forecast_test == "valid+factors" and self.config.forecast == "ar1":
+                # each factor's AR(1) on its own f_post over the history (`forecast_test`)
+                start = min(FORECAST_HISTORY_START, int(valid_months.min()))
+                window = np.arange(start, int(valid_months.max()) + 1)
+                ls = ls_factors(out["beta"], panel.ret[hist], panel.mask[hist])
+                tf = ar1_factor_tstats(ls[window], prevailing_mean(ls)[window], (g - post_mean)[window])
+                self.forecast_factor_tstat_ = float(tf.max())
+                if w == 0.0 and tf.max() >= bonferroni_t(len(tf)):
+                    w = 1.0
             self.forecast_weight_ = np.float32(w)
             f_fc = fbar + w * d
         if scaled:

@@ -12,12 +12,14 @@ FORECASTS_WITH_PRIOR = ("ar1", "shrunk", "prior", "mean")  # RVRAE, FactorVAE: t
 PREMIA = ("factors", "ls")  # NeuralConfig.premia, checked for every neural model
 FORECAST_GATES = ("tstat", "shrink")  # NeuralConfig.forecast_gate, likewise
 FORECAST_SCALES = ("none", "valid", "shrink")  # NeuralConfig.forecast_scale, likewise
+FORECAST_TESTS = ("valid", "valid+factors")  # NeuralConfig.forecast_test, likewise
 
 
 def check_config(model: str, cfg: Any, at_least_1: Iterable[str] = (), unit: Iterable[str] = (),
                  choices: dict[str, Iterable] | None = None) -> None:  # fmt: skip
     """`at_least_1`: integer sizes (>= 1); `unit`: rates in [0, 1) (dropout); `choices`: key
-    -> allowed values (a neural config's `premia`, `forecast_gate` and `forecast_scale` always)."""
+    -> allowed values (a neural config's `premia`, `forecast_gate`, `forecast_test` and `forecast_scale`
+    always)."""
     for key in at_least_1:
         if getattr(cfg, key) < 1:
             raise UserError(f"{model}: {key} must be >= 1, got {getattr(cfg, key)}")
@@ -29,6 +31,7 @@ def check_config(model: str, cfg: Any, at_least_1: Iterable[str] = (), unit: Ite
         choices.setdefault("premia", PREMIA)
         choices.setdefault("forecast_gate", FORECAST_GATES)
         choices.setdefault("forecast_scale", FORECAST_SCALES)
+        choices.setdefault("forecast_test", FORECAST_TESTS)
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise UserError(f"{model}: {key} must be one of {tuple(allowed)}, got {getattr(cfg, key)!r}")

@@ -49,7 +49,9 @@ the tables):
   kept only where its month-clustered t-statistic there reaches `forecast_tstat` = 2 (else
   w = 0: the prevailing mean; `forecast_gate="shrink"` scales w by (1 − 1/t²)⁺ instead, with no
   step at 2 — not the default, studies/FINDINGS.md, "How much of the AR(1) forecast", has the
-  measured reason). `forecast="shrunk"` does the same with the prior's forecast as g,
+  measured reason; `forecast_test="valid+factors"` also keeps it where a factor's own history
+  supports it, measured and not the default either: FINDINGS, "The AR(1) forecast tested on
+  each factor's history"). `forecast="shrunk"` does the same with the prior's forecast as g,
   `"prior"` is the paper's forecast as it is (eq. 4). Why: the learned prior does not
   forecast the factors better than their prevailing mean. Its forecast R² was −2.4 % against
   +0.2 % for the prevailing mean (the previous panel); a share of it fitted freely on 36

@@ -39,6 +39,7 @@ METRIC_LABELS = {
     "rank_ic_span": ("β-span Rank IC", r"$\beta$-span Rank IC"),  # the Rank IC the betas allow
     "forecast_weight": ("Forecast share w", "Forecast share $w$"),  # of the dynamic forecast (calibrate)
     "forecast_tstat": ("Forecast share t", "Forecast share $t$"),  # its validation t-statistic
+    "forecast_factor_tstat": ("Factor AR(1) t", "Factor AR(1) $t$"),  # the largest factor's (forecast_test)
     "forecast_scale": ("Forecast scale c", "Forecast scale $c$"),  # its level (forecast_scale)
     "prior_spread": ("Prior spread", "Prior spread"),  # std_t of the prior's mean / posterior's
     "sharpe": ("Sharpe", "Sharpe"),

@@ -62,7 +62,7 @@ def lower_is_better(metric: str) -> bool:
     return b in ("turnover", "nll") or "seconds" in b or b.endswith(("_s", "_ms", "time", "memory", "_mb", "_gb"))
 
 
-NO_BEST = ("forecast_weight", "forecast_tstat", "forecast_scale", "prior_spread")  # diagnostics of a fit, not scores: never best
+NO_BEST = ("forecast_weight", "forecast_tstat", "forecast_factor_tstat", "forecast_scale", "prior_spread")  # diagnostics of a fit, not scores: never best
 
 
 def best_mask(metric: str, means: pd.Series) -> pd.Series:

@@ -223,6 +223,9 @@ def train_trial(config: dict, panel, report=None) -> None:
         # the gate's edge (studies/FINDINGS.md, "How much of the AR(1) forecast").
         final["forecast_weight"] = float(model.forecast_weight_)
         final["forecast_tstat"] = float(model.forecast_tstat_)
+    if getattr(model, "forecast_factor_tstat_", None) is not None:
+        # the largest of the factors' own AR(1) t-statistics (`forecast_test="valid+factors"`)
+        final["forecast_factor_tstat"] = float(model.forecast_factor_tstat_)
     if getattr(model, "forecast_scale_", None) is not None:  # its level c (`forecast_scale`)
         final["forecast_scale"] = float(model.forecast_scale_)
     if getattr(model, "prior_spread_", None) is not None:
