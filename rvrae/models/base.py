@@ -345,7 +345,8 @@ class NeuralFactorModel(FactorModel):
             elif t < self.config.forecast_tstat:
                 w = 0.0
             if self.config.forecast_test == "valid+factors" and self.config.forecast == "ar1":
-                # each factor's AR(1) on its own f_post over the history (`forecast_test`)
+                # each factor's AR(1) deviation against its least-squares factor on β, over the
+                # history (`forecast_test`)
                 start = min(FORECAST_HISTORY_START, int(valid_months.min()))
                 window = np.arange(start, int(valid_months.max()) + 1)
                 ls = ls_factors(out["beta"], panel.ret[hist], panel.mask[hist])
