@@ -41,6 +41,14 @@ def fitted(panel: Panel, **over) -> RVRAE:
     return RVRAE({**SMALL, **over}).fit(panel.view(TRAIN), panel.view(VALID), seed=0)
 
 
+def slope_t_by_hand(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The through-origin slope of y on x, both [t, n], and its t-statistic clustered by row
+    (month), written out here independently of `rvrae.npx.clustered_slope`."""
+    w = float((x * y).sum() / (x * x).sum())
+    score = (x * (y - w * x)).sum(axis=1)
+    return w, w / (np.sqrt((score**2).sum()) / (x * x).sum())
+
+
 def fitted_fbar(panel: Panel, **over) -> RVRAE:
     """A fit whose forecast starts from f̄, the prevailing mean of f_post (`premia="factors"`;
     RVRAE's default is "ls"): the tests of the share w and the level c around f̄."""
@@ -260,9 +268,7 @@ def test_shrunk_forecast_gate_keeps_the_prevailing_mean_below_its_t_statistic(mo
     def by_hand(f_prior):  # r − β f̄ on β (f_prior − f̄), month-clustered
         y = np.where(m, panel.ret[months] - np.einsum("tnk,tk->tn", beta, fbar[months]), 0.0)
         x = np.where(m, np.einsum("tnk,tk->tn", beta, f_prior[months] - fbar[months]), 0.0)
-        w = (x * y).sum() / (x * x).sum()
-        g = (x * (y - w * x)).sum(axis=1)
-        return w, w / (np.sqrt((g * g).sum()) / (x * x).sum())
+        return slope_t_by_hand(x, y)
 
     for f_prior in (ols, fbar + noise):
         w, t = by_hand(f_prior)
@@ -387,17 +393,15 @@ def test_ls_premia_start_the_forecast_from_the_least_squares_factors_on_beta():
     # the validation slope and its month-clustered t-statistic are taken around f̄_ls
     x = np.where(m, np.einsum("tnk,tk->tn", a.beta[VALID], (g - fbar)[VALID]), 0.0)
     resid = np.where(m, r - np.einsum("tnk,tk->tn", a.beta[VALID], lbar[VALID]), 0.0)
-    slope = float((x * resid).sum() / (x * x).sum())
-    score = (x * (resid - slope * x)).sum(axis=1)
-    np.testing.assert_allclose(ls.forecast_tstat_, slope / (np.sqrt((score**2).sum()) / (x * x).sum()), rtol=1e-4)
+    np.testing.assert_allclose(ls.forecast_tstat_, slope_t_by_hand(x, resid)[1], rtol=1e-4)
     with pytest.raises(UserError, match="premia"):
         Config(premia="fm")
 
 
 def test_factor_test_keeps_the_ar1_where_a_factors_own_history_supports_it():
     """forecast_test="valid+factors": where the validation gate keeps no share, the AR(1) is
-    kept as it is (w = 1) if some factor's own AR(1) forecast predicts that factor's f_post
-    — its realised least-squares factor on β, not f_post — over months
+    kept as it is (w = 1) if some factor's own AR(1) forecast predicts that factor's realised
+    least-squares factor on β (not its f_post) over months
     FORECAST_HISTORY_START..end of validation at t ≥ the Bonferroni critical value over the
     factors; "valid" (the default of the other models) never looks there."""
     train, valid, hist = np.arange(4, 64), np.arange(64, 76), np.arange(76)
@@ -415,11 +419,9 @@ def test_factor_test_keeps_the_ar1_where_a_factors_own_history_supports_it():
         dev = prevailing_ar1(f_all) - prevailing_mean(f_all)
         ls = ls_factors(a.beta, panel.ret[hist], panel.mask[hist])  # each month's, on β
         window = np.arange(FORECAST_HISTORY_START, 76)
-        by_hand = []
-        for k in range(f_all.shape[1]):  # ls − l̄s on g − f̄ through the origin, HC t, by hand
-            x, y = dev[window, k], (ls - prevailing_mean(ls))[window, k]
-            b = (x * y).sum() / (x * x).sum()
-            by_hand.append(b / (np.sqrt(((x * (y - b * x)) ** 2).sum()) / (x * x).sum()))
+        y = (ls - prevailing_mean(ls))[window]
+        # ls − l̄s on g − f̄ per factor, one cell a month (HC t), by hand
+        by_hand = [slope_t_by_hand(dev[window, k : k + 1], y[:, k : k + 1])[1] for k in range(f_all.shape[1])]
         assert both[0].forecast_factor_tstat_ == pytest.approx(max(by_hand), rel=1e-4)
         assert (max(by_hand) >= bonferroni_t(2)) == opens, by_hand  # this fit, this panel
         assert both[0].forecast_weight_ == (1.0 if opens else 0.0)
