@@ -112,7 +112,7 @@ def span_rank_ic(beta, r_hat_true, ret, mask, ridge: float = 1e-10) -> float:
     A model's Rank IC well below it loses in its premia or forecast; a low value means its
     betas miss the priced factors (`span_r2` says which). The oracle's equals its Rank IC."""
     fit, _, _ = _on_span(beta, _f64(r_hat_true)[..., None], mask, ridge)
-    return _nanmean(ic_series(fit[..., 0], ret, mask, rank=True))
+    return rank_ic(fit[..., 0], ret, mask)
 
 
 def r2_pred(ret, beta, lam, mask) -> float:
@@ -162,6 +162,11 @@ def _nanmean(x) -> float:
     x = _f64(x)
     x = x[np.isfinite(x)]
     return float(x.mean()) if len(x) else math.nan
+
+
+def rank_ic(r_hat, ret, mask) -> float:
+    """Rank IC: the mean over months of the Spearman correlation of r_hat with ret."""
+    return _nanmean(ic_series(r_hat, ret, mask, rank=True))
 
 
 def decile_weights(r_hat, mask, min_stocks: int = MIN_STOCKS) -> tuple[np.ndarray, np.ndarray]:

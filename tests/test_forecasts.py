@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from scipy import stats
 
 from rvrae.cli import main as cli
 from rvrae.metrics import TEST_METRICS, long_short
@@ -61,6 +62,7 @@ def test_every_trial_leaves_forecasts_and_a_learning_curve(bench):
             assert math.isnan(r.get("forecast_weight", math.nan))
             assert math.isnan(r.get("forecast_factor_tstat", math.nan))
             assert math.isnan(r.get("prior_spread", math.nan))
+            assert math.isnan(r.get("rank_ic_w0", math.nan))  # no share w, no ends of it
         if r["model"] == "factorvae":
             # the AR(1) share the forecast used, and its validation t: w = 0 below the gate,
             # where r̂ is β̂ times the prevailing mean of f_post (fit_pred) at the forecast's
@@ -71,6 +73,14 @@ def test_every_trial_leaves_forecasts_and_a_learning_curve(bench):
             assert w == 0.0 or t >= 2.0 or (w == 1.0 and tf >= bonferroni_t(2)), (w, t, tf)
             at_mean = np.allclose(fc["r_hat"], c * fc["fit_pred"], atol=1e-6)
             assert at_mean == (w == 0.0), (w, t)
+            # the diagnostic Rank IC at either end of w: w = 0 ranks as β̂ f̄ (fit_pred), by hand
+            # from the stored table; the row's own Rank IC is that of the end its w sits at
+            test = fc[fc["split"] == "test"]
+            by_hand = np.mean([stats.spearmanr(g["fit_pred"], g["ret"])[0] for _, g in test.groupby("date")])
+            assert r["rank_ic_w0"] == pytest.approx(by_hand, abs=1e-6)
+            assert math.isfinite(r["rank_ic_w1"]) and r["rank_ic_w1"] != r["rank_ic_w0"]
+            if w in (0.0, 1.0):
+                assert r["rank_ic"] == pytest.approx(r[f"rank_ic_w{w:.0f}"], abs=1e-12), (w, r["rank_ic"])
             assert math.isfinite(r["prior_spread"]) and r["prior_spread"] >= 0.0  # its prior's movement
             curve = json.loads(r["history"])
             assert [c["epoch"] for c in curve] == [1, 2] and all(

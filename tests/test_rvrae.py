@@ -434,6 +434,26 @@ def test_factor_test_keeps_the_ar1_where_a_factors_own_history_supports_it():
         Config(forecast_test="train")
 
 
+def test_the_forecast_lies_between_its_diagnostic_ends_at_w_0_and_w_1():
+    """`Forecast.r_w0` / `r_w1` (the `rank_ic_w0` / `rank_ic_w1` diagnostic) are the forecast
+    the same net gives with the share w set to 0 and to 1; the forecast itself is
+    c (r_w0 + w (r_w1 − r_w0)) at the calibrated w and level c."""
+    panel, hist = planted_panel(2, months=84, phi=0.9), np.arange(76)
+    model = RVRAE({**SMALL, "epochs": 3, "forecast": "ar1", "forecast_tstat": -math.inf, "forecast_scale": "valid"})
+    model.fit(panel.view(np.arange(4, 64)), panel.view(np.arange(64, 76)), seed=0)
+    w, c = float(model.forecast_weight_), float(model.forecast_scale_)
+    assert 0.0 < w < 1.0 and 0.0 < c < 1.0, (w, c)  # an interior share and level: both ends differ
+    fc = model.predict(panel.view(hist))
+    live = panel.mask[hist]
+    np.testing.assert_allclose(fc.r_hat[live], (c * (fc.r_w0 + w * (fc.r_w1 - fc.r_w0)))[live], rtol=1e-4, atol=1e-7)
+    model.forecast_scale_ = None
+    for end in (0.0, 1.0):
+        model.forecast_weight_ = np.float32(end)
+        at = model.predict(panel.view(hist))
+        np.testing.assert_allclose(at.r_hat[live], (fc.r_w1 if end else fc.r_w0)[live], rtol=1e-5, atol=1e-8)
+    assert np.abs(fc.r_w1 - fc.r_w0)[live].max() > 1e-4  # the AR(1) moves the forecast
+
+
 def test_beta_portfolios_are_each_months_ridge_factors_on_beta_and_reach_the_last_step():
     """beta_portfolios: y_beta = (βᵀMβ + ε n I)⁻¹ βᵀ M r_t (in units of the return RMS; n the
     live stocks, ε the config's ridge), the month's least-squares factors on the model's own β,

@@ -40,6 +40,11 @@ class Forecast:
     f_post: np.ndarray  # [t, K] factors inferred with the month's realised returns (total R²)
     f_prior: np.ndarray  # [t, K] forecast factors (the prevailing mean where none)
     r_std: np.ndarray | None = None  # [t, N] forecast std, where the model has one
+    # A calibrated dynamic forecaster's two ends (`NeuralFactorModel.predict`), for the
+    # diagnostic `rank_ic_w0` / `rank_ic_w1`: β f̄ (w = 0, the premia alone) and β (f̄ + g − f̄_post)
+    # (w = 1, the dynamic forecast in full), both before the level c. None elsewhere.
+    r_w0: np.ndarray | None = None  # [t, N]
+    r_w1: np.ndarray | None = None  # [t, N]
 
 
 def config_from_dict(config_cls: type, values: dict | Any | None, model: str = "") -> Any:
@@ -419,16 +424,20 @@ class NeuralFactorModel(FactorModel):
         f_all = every["f_post"]
         post_mean = prevailing_mean(f_all)
         f_prior = self._premia(every["beta"], post_mean, panel, hist)[months]
-        w = float(self.forecast_weight_ or 0.0)  # None: no dynamic forecast (`calibrate`)
-        if w > 0:  # a validation-supported share of the dynamic forecast (`calibrate`)
-            g = self._dynamic_forecast(out, f_all, months)
-            f_prior = f_prior + w * (g - post_mean[months])
+        ends = {}  # the forecast at w = 0 and w = 1, whatever w the validation months chose
+        if self.forecast_weight_ is not None:  # a calibrated dynamic forecast (`calibrate`)
+            w = float(self.forecast_weight_)
+            d = self._dynamic_forecast(out, f_all, months) - post_mean[months]
+            ends = {"r_w0": np.einsum("tnk,tk->tn", out["beta"], f_prior).astype(np.float32),
+                    "r_w1": np.einsum("tnk,tk->tn", out["beta"], f_prior + d).astype(np.float32)}  # fmt: skip
+            if w > 0:  # a validation-supported share of the dynamic forecast
+                f_prior = f_prior + w * d
         if self.forecast_scale_ is not None:  # the validation-fitted level (`forecast_scale`)
             f_prior = f_prior * float(self.forecast_scale_)
         f_prior = f_prior.astype(np.float32)
         return Forecast(
             months=months, r_hat=np.einsum("tnk,tk->tn", out["beta"], f_prior).astype(np.float32),
-            beta=out["beta"], f_post=out["f_post"], f_prior=f_prior, r_std=out.get("r_std"),
+            beta=out["beta"], f_post=out["f_post"], f_prior=f_prior, r_std=out.get("r_std"), **ends,
         )
 
 

@@ -37,6 +37,8 @@ METRIC_LABELS = {
     "rank_ic": ("Rank IC", "Rank IC"),
     "rank_icir": ("Rank ICIR", "Rank ICIR"),
     "rank_ic_span": ("β-span Rank IC", r"$\beta$-span Rank IC"),  # the Rank IC the betas allow
+    "rank_ic_w0": ("Rank IC at w=0", "Rank IC at $w=0$"),  # the premia alone (calibrate's w = 0)
+    "rank_ic_w1": ("Rank IC at w=1", "Rank IC at $w=1$"),  # the dynamic forecast in full
     "forecast_weight": ("Forecast share w", "Forecast share $w$"),  # of the dynamic forecast (calibrate)
     "forecast_tstat": ("Forecast share t", "Forecast share $t$"),  # its validation t-statistic
     "forecast_factor_tstat": ("Factor AR(1) t", "Factor AR(1) $t$"),  # the largest factor's (forecast_test)

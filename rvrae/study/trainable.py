@@ -77,18 +77,19 @@ def _take(fc, idx: np.ndarray):
     """A Forecast restricted to rows `idx` of its months."""
     from rvrae.models.base import Forecast
 
-    return Forecast(
-        months=fc.months[idx], r_hat=fc.r_hat[idx], beta=fc.beta[idx], f_post=fc.f_post[idx],
-        f_prior=fc.f_prior[idx], r_std=None if fc.r_std is None else fc.r_std[idx],
-    )
+    return Forecast(**{f.name: None if getattr(fc, f.name) is None else getattr(fc, f.name)[idx]
+                       for f in dataclasses.fields(Forecast)})
 
 
 def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
     """Every metric of SPEC §4/§6 from one all-months forecast. `fc.months` = 0..T-1. On a
     planted panel (`panel.meta["oracle"]`) also `span_r2_<k>`, k = 1..K_true: the test months'
     R² of each true factor's betas on the model's (`rvrae.metrics.span_r2`), and
-    `rank_ic_span`: the Rank IC the model's betas allow (`rvrae.metrics.span_rank_ic`)."""
-    from rvrae.metrics import SPAN_PREFIX, SPAN_RANK_IC, long_short, score, span_r2, span_rank_ic
+    `rank_ic_span`: the Rank IC the model's betas allow (`rvrae.metrics.span_rank_ic`). A
+    model with a calibrated dynamic forecast also gets `rank_ic_w0` and `rank_ic_w1`: the test
+    Rank IC of its forecast at either end of the share w (`Forecast.r_w0`, `r_w1`), so a table
+    shows how much of its `rank_ic` hangs on the validation months' choice of w."""
+    from rvrae.metrics import SPAN_PREFIX, SPAN_RANK_IC, long_short, rank_ic, score, span_r2, span_rank_ic
     from rvrae.models.base import prevailing_mean
 
     lam = prevailing_mean(fc.f_post)  # eq. 33: mean of f_post over every earlier month
@@ -103,6 +104,10 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
         for k, v in enumerate(span_r2(fc.beta[m], oracle.beta[m], panel.mask[m]), start=1):
             out[f"{SPAN_PREFIX}{k}"] = float(v)
         out[SPAN_RANK_IC] = span_rank_ic(fc.beta[m], oracle.r_hat[m], panel.ret[m], panel.mask[m])
+    if fc.r_w0 is not None:  # a calibrated dynamic forecast: its Rank IC at either end of w
+        m = np.asarray(test_months)
+        for key, r in (("rank_ic_w0", fc.r_w0), ("rank_ic_w1", fc.r_w1)):
+            out[key] = rank_ic(r[m], panel.ret[m], panel.mask[m])
     ls = long_short(fc.r_hat[test_months], panel.ret[test_months], panel.mask[test_months])
     out["ls_gross"] = json.dumps([float(x) for x in np.asarray(ls["gross"])])
     out["ls_net"] = json.dumps([float(x) for x in np.asarray(ls["net"])])
