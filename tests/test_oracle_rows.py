@@ -47,6 +47,12 @@ def test_oracle_rows_are_the_oracles_scores_on_the_studys_split(synth, tmp_path)
         assert rows[k].iloc[0] == pytest.approx(o.scores[k], rel=1e-6, abs=1e-12), k
     assert rows["r2_forecast"].iloc[0] != rows["r2_pred"].iloc[0]  # two definitions, two columns
     m = test.target_months
+    # the ends of a forecast share: the truth's prevailing-mean forecast (what r2_pred scores)
+    # and its conditional forecast (its own Rank IC)
+    lam = np.cumsum(o.factors, axis=0) / np.arange(1, len(o.factors) + 1)[:, None]  # through month t
+    at_mean = np.einsum("tnk,tk->tn", o.beta[m], lam[m - 1])  # the means of the months before each
+    assert rows["rank_ic_w0"].iloc[0] == pytest.approx(np.nanmean(ic_series(at_mean, p.ret[m], p.mask[m], rank=True)), rel=1e-6)
+    assert rows["rank_ic_w1"].iloc[0] == rows["rank_ic"].iloc[0] != rows["rank_ic_w0"].iloc[0]
     for _, r in rows[rows["m"] == 20].iterrows():
         omitted = omit_stocks(train, test, 20, int(r["seed"]))  # the models' omitted set
         assert json.loads(r["omitted"]) == omitted.tolist()

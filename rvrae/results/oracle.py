@@ -53,11 +53,16 @@ def _stem(out_dir: str | Path, study: str, key: tuple) -> Path:
 
 
 def oracle_forecast(oracle):
-    """The oracle as a Forecast over every month of its panel (months 0..T-1)."""
+    """The oracle as a Forecast over every month of its panel (months 0..T-1). Its two ends
+    of the forecast share (`rank_ic_w0` / `rank_ic_w1`): the true β times the true factors'
+    prevailing mean (what its predictive R² scores), and its conditional forecast (r̂)."""
     from rvrae.models.base import Forecast
+    from rvrae.npx import prevailing_mean
 
+    at_mean = np.einsum("tnk,tk->tn", oracle.beta, prevailing_mean(oracle.factors)).astype(np.float32)
     return Forecast(months=np.arange(oracle.beta.shape[0]), r_hat=oracle.r_hat, beta=oracle.beta,
-                    f_post=oracle.factors, f_prior=oracle.f_prior, r_std=oracle.r_std)  # fmt: skip
+                    f_post=oracle.factors, f_prior=oracle.f_prior, r_std=oracle.r_std,
+                    r_w0=at_mean, r_w1=oracle.r_hat)  # fmt: skip
 
 
 def write_oracle(out_dir: str | Path, study: str, panel, identity, cells: list[dict]) -> Path | None:

@@ -46,7 +46,7 @@ ENSEMBLE = "seed ensemble"  # row label suffix of a model's seed-ensemble row (b
 # and the oracle's value is the ceiling. Not coverage (a target, 0.9), turnover, NLL, span_r2
 # (the oracle's is 1, so the value is its own share) or provenance columns.
 SHARE_METRICS = ("r2_total", "r2_pred", "r2_forecast", "r2_beta", "ic", "icir", "rank_ic", "rank_icir",
-                 "rank_ic_span", "sharpe", "sharpe_net")  # fmt: skip
+                 "rank_ic_span", "rank_ic_w0", "rank_ic_w1", "sharpe", "sharpe_net")  # fmt: skip
 
 
 def base_metric(metric: str) -> str:
