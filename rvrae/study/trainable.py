@@ -98,17 +98,16 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
         s = score(panel.ret[months], panel.mask[months], _take(fc, months), lam[months])
         out.update({prefix + k: float(v) for k, v in s.items()})
     out.update(evaluate_omitted(panel, fc, test_months, omitted, lam))
+    m = np.asarray(test_months)
     oracle = panel.meta.get("oracle")
     if oracle is not None:  # a planted panel: how much of each true factor the betas span
-        m = np.asarray(test_months)
         for k, v in enumerate(span_r2(fc.beta[m], oracle.beta[m], panel.mask[m]), start=1):
             out[f"{SPAN_PREFIX}{k}"] = float(v)
         out[SPAN_RANK_IC] = span_rank_ic(fc.beta[m], oracle.r_hat[m], panel.ret[m], panel.mask[m])
     if fc.r_w0 is not None:  # a calibrated dynamic forecast: its Rank IC at either end of w
-        m = np.asarray(test_months)
         for key, r in (("rank_ic_w0", fc.r_w0), ("rank_ic_w1", fc.r_w1)):
             out[key] = rank_ic(r[m], panel.ret[m], panel.mask[m])
-    ls = long_short(fc.r_hat[test_months], panel.ret[test_months], panel.mask[test_months])
+    ls = long_short(fc.r_hat[m], panel.ret[m], panel.mask[m])
     out["ls_gross"] = json.dumps([float(x) for x in np.asarray(ls["gross"])])
     out["ls_net"] = json.dumps([float(x) for x in np.asarray(ls["net"])])
     out["ls_dates"] = json.dumps([str(d) for d in panel.dates[test_months]])
