@@ -152,3 +152,19 @@ def test_a_figure_never_mixes_identities(tmp_path, capsys):
     assert "--identity" in capsys.readouterr().err and not figs.exists()
     assert rvrae_main(["plot", str(tmp_path), "--out", str(figs), "--identity", "2"]) == 0
     assert [p.name for p in figs.iterdir()] == ["cumulative_long_short.png"]
+
+
+def test_squares_are_another_panel_for_resume_and_the_tables(ray_session, tiny_data_file, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert _bench(tiny_data_file, out, "3/1/1", 1, resume=False) == 0
+    capsys.readouterr()
+    args = ["--data", str(tiny_data_file), "--models", "ipca", "--seeds", "1", "--split", "3/1/1",
+            "--out", str(out), "--resume", "--squares"]  # fmt: skip
+    assert study_main("benchmark", args) == 0
+    assert "1 trials written" in capsys.readouterr().out  # not "already there": other inputs
+    df = read_results(out, "benchmark").sort_values("data_source")
+    assert len(df) == 2 and set(df["status"]) == {"ok"} and df["data_fingerprint"].nunique() == 2
+    assert df["data_source"].iloc[1] == df["data_source"].iloc[0] + " +squares"
+    assert df["r2_total"].iloc[1] != df["r2_total"].iloc[0]  # IPCA's instruments really grew
+    tables = [t for t in build_tables(df, "benchmark") if t.key.startswith("table1")]
+    assert len(tables) == 2 and sum("+squares" in t.footer for t in tables) == 1

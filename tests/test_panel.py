@@ -99,3 +99,27 @@ def test_too_few_months_and_too_many_omitted(panel, tmp_path, capsys):
     n = len(eligible_for_omission(tr, te))
     with pytest.raises(UserError, match=f"only {n} stocks"):
         omit_stocks(tr, te, n + 1, seed=0)
+
+
+def test_squares_are_each_months_centred_squared_ranks(panel):
+    import dataclasses
+
+    chars = panel.chars.copy()
+    chars[5, :, 2] = 0.0  # a characteristic missing for every stock in one month
+    plain = dataclasses.replace(panel, chars=chars)
+    sq = plain.with_squares()
+    C = panel.C
+    assert sq.chars.shape == (panel.T, panel.N, 2 * C) and sq.chars.dtype == np.float32
+    np.testing.assert_array_equal(sq.chars[..., :C], chars)
+    assert sq.char_names == panel.char_names + tuple(f"{c}^2" for c in panel.char_names)
+    for t in (0, 5, 100, 251):
+        live = panel.mask[t]
+        u2 = chars[t][live].astype(np.float64) ** 2
+        np.testing.assert_allclose(sq.chars[t][live, C:], u2 - u2.mean(0), atol=1e-6)
+        assert (sq.chars[t][~live, C:] == 0).all()  # absent stocks carry nothing, as their ranks
+    assert (sq.chars[5, :, C + 2] == 0).all()  # SPEC §2.2: all missing is all 0, squares too
+    # what produced it is on record: another source, another fingerprint, the truth kept
+    assert sq.source == f"{panel.source} +squares" and sq.fingerprint() != plain.fingerprint()
+    assert sq.meta["oracle"] is panel.meta["oracle"] and sq.months is None
+    with pytest.raises(UserError, match="already has its squared ranks"):
+        sq.with_squares()

@@ -82,6 +82,24 @@ class Panel:
             mask=mask,
         )
 
+    def with_squares(self) -> Panel:
+        """The panel with each characteristic's squared rank, centred each month, as one more
+        column (`--squares`: C -> 2C, names "x" then "x^2"; `rvrae.data.prep.squared_ranks`).
+        Every model reads them as characteristics, and the managed portfolios of CA, IPCA and
+        RVRAE's encoder get one more portfolio per characteristic. Its source says so, and its
+        fingerprint differs, so a results folder never mixes its rows with the plain panel's."""
+        from rvrae.data.prep import squared_ranks
+
+        if self.meta.get("squares"):
+            raise UserError(f"{self.source or 'panel'}: already has its squared ranks")
+        return replace(
+            self,
+            chars=np.concatenate([self.chars, squared_ranks(self.chars, self.mask)], axis=-1),
+            char_names=self.char_names + tuple(f"{c}^2" for c in self.char_names),
+            source=f"{self.source} +squares",
+            meta={**self.meta, "squares": True},
+        )
+
     def fingerprint(self) -> str:
         """A short hash of the data, stored with every results row."""
         h = hashlib.sha256()

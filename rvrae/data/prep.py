@@ -48,3 +48,22 @@ def missing_share(x: np.ndarray, mask: np.ndarray) -> float:
     if present == 0:
         return float("nan")
     return float(np.isnan(x)[mask].sum() / present)
+
+
+def squared_ranks(chars: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[T, N, C] ranks, [T, N] mask -> [T, N, C] their squares, centred each month over the
+    stocks present (`--squares`, README "Ranks and their squares").
+
+    u² - mean(u²) over the month's stocks: a symmetric (bump- or U-shaped) dependence on a
+    characteristic, which a model linear in the ranks and the managed portfolios on them
+    cannot see (studies/FINDINGS.md, "Panel K's missing betas"), becomes linear in these
+    columns. Centring keeps SPEC §2.2's conventions: a characteristic missing for every stock
+    in a month is all 0 that month here too, a stock without a return that month is 0, and a
+    missing value (rank 0, the median) is the median stock's square (about -1/3).
+    """
+    m = np.asarray(mask, dtype=bool)[..., None]  # [T, N, 1]
+    sq = np.square(chars, dtype=np.float32)
+    n = np.maximum(m.sum(axis=1, keepdims=True), 1)  # [T, 1, 1] stocks present
+    mean = np.where(m, sq, 0.0).sum(axis=1, keepdims=True, dtype=np.float64) / n  # [T, 1, C]
+    # (a characteristic missing for every stock is all 0: its squares and their mean are 0)
+    return np.where(m, sq - mean, 0.0).astype(np.float32)

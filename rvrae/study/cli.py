@@ -81,6 +81,8 @@ def parser(study: str) -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1 if study == "tune" else 10, help="seeds per cell")
     p.add_argument("--m", default=None, help="omitted stocks, e.g. 50,100,150 (robustness)")
     p.add_argument("--split", default="15/3/3", help="train/valid/test years (paper: 15/3/3)")
+    p.add_argument("--squares", action="store_true",
+                   help="add each characteristic's squared rank (centred each month) as one more characteristic, for every model")  # fmt: skip
     p.add_argument("--epochs", type=int, default=None, help="epoch cap for neural models")
     p.add_argument("--configs", type=Path, default=None, help="best_configs.json from tune")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="default: 1 if the cluster has >= 2 CPUs")
@@ -122,7 +124,7 @@ def options(study: str, argv: list[str] | None):
         config_source=f"--configs {a.configs}" if a.configs else "defaults",
         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, address=a.address,
         resume=a.resume, verbose=a.verbose, forecasts=a.forecasts,
-        storage=a.storage, max_failures=a.max_failures, split=_split(a.split), **extra,
+        storage=a.storage, max_failures=a.max_failures, split=_split(a.split), squares=a.squares, **extra,
     )
 
 

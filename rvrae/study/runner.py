@@ -56,6 +56,7 @@ class StudyOptions:
     storage: str | None = None  # Tune experiment storage (default <out>/_tune; S3 on a cluster)
     scheduler: str = "none"  # tune: "asha" stops hopeless trials on their per-epoch valid_loss
     forecasts: bool = True  # store every trial's forecasts beside its row (rvrae.results.forecasts)
+    squares: bool = False  # --squares: each characteristic's centred squared rank joins the panel (Panel.with_squares)
 
 
 @dataclass
@@ -195,6 +196,8 @@ def prepare(opts: StudyOptions):
 
     validate(opts)
     panel = load_data(opts.data, **opts.load)
+    if opts.squares:
+        panel = panel.with_squares()
     train, _, test = split_by_years(panel, *opts.split)  # too few months -> UserError
     omit_stocks(train, test, max(opts.m), 0)  # m >= eligible stocks -> UserError
     return panel
