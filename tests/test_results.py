@@ -212,11 +212,12 @@ def test_custom_metrics_and_long_table(results_dir, capsys):
     assert lines[3].startswith("benchmark,rvrae,0,sharpe,2.1,")
     rc, _, err = run_cli(capsys, results_dir, "--metrics", "nosuch")
     assert rc == 2 and "nosuch" in err and len(err.strip().splitlines()) == 1
-    # a fit's diagnostics (the forecast's share and its t) are listed, never marked best
+    # a fit's diagnostics (the forecast's share and its t) are listed, never marked best or starred
     df = read_results(results_dir)
     df = df.assign(forecast_tstat=np.arange(len(df), dtype=float), sharpe_copy=np.arange(len(df), dtype=float))
     (t,) = build_tables(df, study="benchmark", metrics=["forecast_tstat", "sharpe_copy"])
     assert not t.frame[("forecast_tstat", 0, "best")].any() and t.frame[("sharpe_copy", 0, "best")].any()
+    assert not t.frame[("forecast_tstat", 0, "sig")].any() and t.frame[("sharpe_copy", 0, "sig")].any()
     lt = long_table(read_results(results_dir), "benchmark")
     assert list(lt.columns) == ["study", "model", "m", "metric", "mean", "std", "n"]
     row = lt[(lt.model == "rvrae") & (lt.metric == "r2_total")].iloc[0]

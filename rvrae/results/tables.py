@@ -16,7 +16,8 @@ what produced it. Within one identity, a model run with several resolved configs
 row per config, labelled by the keys that differ.
 Significance: each model's cell against RVRAE's, paired over the seeds present for both
 (values averaged per seed first), two-sided paired t-test (`scipy.stats.ttest_rel`),
-marked when p < 0.05.
+marked when p < 0.05; not on a fit's diagnostics (`NO_BEST`: the forecast's share, its t),
+which are no score to be ahead on.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def lower_is_better(metric: str) -> bool:
     return b in ("turnover", "nll") or "seconds" in b or b.endswith(("_s", "_ms", "time", "memory", "_mb", "_gb"))
 
 
-NO_BEST = ("forecast_weight", "forecast_tstat", "forecast_factor_tstat", "forecast_scale", "prior_spread")  # diagnostics of a fit, not scores: never best
+# diagnostics of a fit, not scores: never best, never starred against RVRAE's
+NO_BEST = ("forecast_weight", "forecast_tstat", "forecast_factor_tstat", "forecast_scale", "prior_spread")
 
 
 def best_mask(metric: str, means: pd.Series) -> pd.Series:
@@ -145,7 +147,8 @@ def _aggregate(ok: pd.DataFrame, row_col: str, metrics: list[str], ms: list[int]
             g = vals.groupby(row_col)[metric]
             mean, std, n = g.mean(), g.std(ddof=1), g.count()
             per_seed = vals.groupby([row_col, "seed"])[metric].mean()
-            ref = per_seed.loc[REFERENCE] if signif and REFERENCE in per_seed.index.get_level_values(0) else None
+            tested = signif and base_metric(metric) not in NO_BEST
+            ref = per_seed.loc[REFERENCE] if tested and REFERENCE in per_seed.index.get_level_values(0) else None
             p = {}
             for r in rows:
                 if ref is None or r == REFERENCE or r not in per_seed.index.get_level_values(0):
