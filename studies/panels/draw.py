@@ -5,6 +5,7 @@ premium; φ 0–0.5; shapes, characteristics (15–46), stocks (200–500), sign
 (3–7), market-beta spread (0.3–0.7) and idiosyncratic volatility (7–12 %) drawn too.
 
     python studies/panels/draw.py                      # I–P: default_rng(20261128), as committed
+    python studies/panels/draw.py --seed 20261129 --names QRST   # Q–T, drawn after `--squares`
     python studies/panels/draw.py --seed 7 --names XY --out /tmp
 
 (E–H came from an earlier script over the same ranges, default_rng(20261127), not kept.)"""
