@@ -91,13 +91,15 @@ def _ours(group: int, marker: str) -> set[int]:
 
 def _end(head: subprocess.Popen, marker: str) -> set[int]:
     """End our head's process group and any process naming our temp dir; return survivors."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    # SIGTERM gets 3 s (some of Ray's processes outlive it: waiting longer only delayed the
+    # SIGKILL), SIGKILL 10 s.
+    for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
         for pid in _ours(head.pid, marker):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.time() + 10
+        deadline = time.time() + grace
         while time.time() < deadline and _ours(head.pid, marker):
             time.sleep(0.2)
     try:
