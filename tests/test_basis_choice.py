@@ -61,6 +61,8 @@ def test_judge_counts_each_rules_right_picks_and_the_halves():
     assert j["valid 36 m"]["oracle r̂"][1] == pytest.approx((0.1 + 0.2 + 0.0) / 3)  # picks ranks (0) on the third
     assert j["best"]["returns"][1] == pytest.approx((0.02 + 0.0 + 0.0) / 3)
     assert j["halves_agree"] == {"returns": 2, "oracle r̂": 2}
+    no_origins = [{**r, "ranks_rolling": float("nan"), "squares_rolling": float("nan")} for r in rows]
+    assert "rolling" not in judge(no_origins) and judge(no_origins)["valid 36 m"] == j["valid 36 m"]
 
 
 def test_bad_data_is_one_error_before_any_fit(tmp_path, design, capsys):
