@@ -35,7 +35,8 @@ BASES = ("ranks", "squares")
 
 def fit_scores(panel, model: str, split: tuple[int, int, int]):
     """Fit `model` (default config, seed 0) on `split`; a function of months -> (Rank IC
-    against the returns, Rank IC against the oracle's r̂), and the split's valid/test months."""
+    against the returns, Rank IC against the oracle's r̂, total R²), and the split's
+    valid/test months."""
     from rvrae.data.panel import split_by_years
     from rvrae.metrics import r2_total, rank_ic
     from rvrae.models.registry import make_model
@@ -70,9 +71,9 @@ def load_checked(spec: str, origins: int, test_years: int = 3):
     return base
 
 
-def panel_row(spec: str, model: str, origins: int, valid_years: int = 3, test_years: int = 3) -> dict:
-    """Every score of one panel, both bases (the JSON line of `--jsonl`)."""
-    base = load_checked(spec, origins, test_years)
+def panel_row(base, spec: str, model: str, origins: int, valid_years: int = 3, test_years: int = 3) -> dict:
+    """Every score of the panel `base` (loaded from `spec` by `load_checked`), both bases:
+    the JSON line of `--jsonl`."""
     years = base.T // 12
     row: dict = {"panel": spec, "model": model}
     for basis, panel in zip(BASES, (base, base.with_squares())):
@@ -158,10 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.origins < 0:
             raise UserError(f"--origins must be >= 0, got {a.origins}")
-        for spec in a.data:  # every panel checked before the first fit
-            load_checked(spec, a.origins)
-        for spec in a.data:
-            rows.append(panel_row(spec, a.model, a.origins))
+        panels = [load_checked(spec, a.origins) for spec in a.data]  # all checked before the first fit
+        for spec, panel in zip(a.data, panels):
+            rows.append(panel_row(panel, spec, a.model, a.origins))
             if a.jsonl:
                 with open(a.jsonl, "a") as fh:
                     fh.write(json.dumps(rows[-1]) + "\n")

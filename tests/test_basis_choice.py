@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "studies"))
 try:
-    from basis_choice import judge, main, panel_row
+    from basis_choice import judge, load_checked, main, panel_row
 finally:
     sys.path.pop(0)
 
@@ -27,7 +27,7 @@ def design(tmp_path_factory):
 
 
 def test_a_panels_row_has_every_score_and_ipca_ranks_like_the_oracle(design):
-    row = panel_row(design, "ipca", origins=2)  # 14 IPCA fits, about 10 s
+    row = panel_row(load_checked(design, 2), design, "ipca", origins=2)  # 14 IPCA fits, about 10 s
     for basis in ("ranks", "squares"):
         assert len(row[f"{basis}_rolling_years"]) == 2  # one validation year per origin
         assert row[f"{basis}_rolling"] == pytest.approx(sum(row[f"{basis}_rolling_years"]) / 2)
