@@ -145,6 +145,10 @@ def test_table_ensemble_rows_and_cli_rescore(bench, capsys, tmp_path):
     # IPCA is deterministic: its seeds agree, so the ensemble of them is the same forecast
     t1 = tables[0].frame
     assert t1.loc[f"ipca ({ENSEMBLE})", ("r2_total", 0, "mean")] == pytest.approx(t1.loc["ipca", ("r2_total", 0, "mean")])
+    # on a planted panel, its ranking against the truth too (read from the oracle's stored forecast)
+    truth = next(t for t in tables if t.key == "truth").frame
+    got = truth.loc[f"ipca ({ENSEMBLE})", ("rank_ic_true", 0, "mean")]
+    assert 0.2 < got == pytest.approx(truth.loc["ipca", ("rank_ic_true", 0, "mean")], abs=1e-6)
     assert cli(["table", str(out), "--rescore", "--cost", "10", "--format", "markdown"]) == 0
     text = capsys.readouterr().out
     assert "Sharpe (10 bps)" in text and "Rescored from the stored forecasts of 4 trials" in text

@@ -275,3 +275,66 @@ def test_rank_ic_span_is_the_rank_ic_the_betas_allow(synth):
     res2 = evaluate(p, other, valid.target_months, test.target_months, np.zeros(0, int))
     assert res2["rank_ic_span"] == pytest.approx(res["rank_ic"], abs=1e-6)  # the betas' ceiling, not r̂'s
     assert res2["rank_ic"] != pytest.approx(res["rank_ic"], abs=1e-3)  # while its own Rank IC moved
+
+
+def test_rank_ic_true_ranks_against_the_planted_expected_return(synth):
+    """rank_ic_true: r̂ ranked against the true expected return β_t E(f_t | past) instead of the
+    returns, per month, test months and omitted stocks alike (checked against scipy). The
+    oracle reads 1, as does any increasing map of its r̂, whose realised Rank IC is the same."""
+    import dataclasses
+
+    from scipy import stats
+
+    from rvrae.data.panel import omit_stocks
+    from rvrae.results.oracle import oracle_forecast
+    from rvrae.study.trainable import evaluate
+
+    p, o = synth.panel, synth.oracle
+    train, valid, test = split_by_years(p, *SPLIT)
+    m = test.target_months
+    omitted = omit_stocks(train, test, 20, 0)
+    truth = oracle_forecast(o)
+    res = evaluate(p, truth, valid.target_months, m, omitted)
+    assert res["rank_ic_true"] == pytest.approx(1.0) and res["omitted_rank_ic_true"] == pytest.approx(1.0)
+    scaled = dataclasses.replace(truth, r_hat=(3.0 * o.r_hat + 0.01).astype(np.float32))
+    res_s = evaluate(p, scaled, valid.target_months, m, omitted)
+    assert res_s["rank_ic_true"] == pytest.approx(1.0) and res_s["rank_ic"] == pytest.approx(res["rank_ic"], abs=1e-6)
+    rng = np.random.default_rng(2)
+    spread = float(np.std(o.r_hat[m][p.mask[m]]))
+    noisy = (o.r_hat + spread * rng.standard_normal(o.r_hat.shape)).astype(np.float32)
+    got = evaluate(p, dataclasses.replace(truth, r_hat=noisy), valid.target_months, m, omitted)
+    only = np.zeros(p.N, dtype=bool)
+    only[omitted] = True
+    for key, cols in (("rank_ic_true", np.ones(p.N, dtype=bool)), ("omitted_rank_ic_true", only)):
+        want = [stats.spearmanr(noisy[t][p.mask[t] & cols], o.r_hat[t][p.mask[t] & cols]).statistic for t in m]
+        assert got[key] == pytest.approx(np.mean(want), abs=1e-6), key
+    assert 0.3 < got["rank_ic_true"] < 0.95  # a noisy copy of the truth: between nothing and all
+    useless = dataclasses.replace(truth, r_hat=rng.standard_normal(o.r_hat.shape).astype(np.float32))
+    assert abs(evaluate(p, useless, valid.target_months, m, omitted)["rank_ic_true"]) < 0.1
+
+
+def test_planted_rows_get_the_truth_tables(synth, tmp_path):
+    """On a planted panel the benchmark adds a "truth" table (Rank IC against returns and
+    against the true expected return) and the robustness study a "truth3" table by m; the
+    oracle heads both and reads 1 against the truth."""
+    from rvrae.results.render import render_tables
+
+    p = synth.panel
+    ident = _identity(p)
+    write_oracle(tmp_path, "benchmark", p, ident, _cells([0, 1], [0]))
+    write_oracle(tmp_path, "robustness", p, ident, _cells([0, 1], [20]))
+    oracle = read_oracle(tmp_path)
+    bench = _model_rows(ident, [0], 0.05).assign(rank_ic=0.05, rank_ic_true=0.6, rank_ic_span=0.07)
+    tables = build_tables(bench, study="benchmark", oracle=oracle, share=True)
+    assert [t.key for t in tables] == ["table1", "table2", "truth"]
+    truth = tables[-1]
+    assert [c for c, _ in truth.cells] == ["rank_ic", "rank_ic_true", "rank_ic_span"]
+    assert truth.frame.loc[ORACLE, ("rank_ic_true", 0, "mean")] == pytest.approx(1.0)
+    assert truth.frame.loc["ipca", ("rank_ic_true", 0, "mean")] == pytest.approx(0.6)
+    assert ("ipca", "rank_ic_true", 0) not in truth.share  # the oracle's is 1: no share to print
+    assert "Rank IC vs true E[r]" in render_tables([truth], "markdown")
+    rob = _model_rows(ident, [20], 0.05).assign(omitted_rank_ic_true=0.5)
+    tables = build_tables(rob, study="robustness", oracle=oracle)
+    assert [t.key for t in tables] == ["table3", "truth3"]
+    assert tables[1].frame.loc[ORACLE, ("omitted_rank_ic_true", 20, "mean")] == pytest.approx(1.0)
+    assert [t.key for t in build_tables(_model_rows(ident, [20], 0.05), study="robustness")] == ["table3"]

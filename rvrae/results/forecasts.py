@@ -232,6 +232,25 @@ def _mean_forecast(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return mean.reset_index()
 
 
+def _true_rank_ic(out_dir, study: str, row: dict, mean: pd.DataFrame, n_stocks: int) -> float | None:
+    """`rank_ic_true` of a seed ensemble's mean forecast: its test months ranked against the
+    true expected return, read from the oracle's stored forecast of the same study identity
+    (rvrae.results.oracle); None where there is none (a user's panel)."""
+    from rvrae.identity import key_of
+    from rvrae.metrics import true_rank_ic
+    from rvrae.results.oracle import oracle_forecast_path
+
+    path = oracle_forecast_path(out_dir, study, key_of(row))
+    if not path.is_file():
+        return None
+    truth, _ = read_forecast_file(path)
+    key = ["split", "date", "stock"]
+    true_r = truth.loc[truth["split"] == "test", key + ["r_hat"]].rename(columns={"r_hat": "r_true"})
+    test = mean[mean["split"] == "test"].merge(true_r, on=key, how="inner")
+    d = _dense(test.assign(ret=test["r_true"]), n_stocks)  # the truth in the returns' place
+    return true_rank_ic(d["r_hat"], d["ret"], d["mask"])
+
+
 def seed_ensembles(out_dir: str | Path, df: pd.DataFrame, cost: float = COST, weighting: str = "equal",
                    study: str = "benchmark") -> pd.DataFrame:  # fmt: skip
     """One row per (model, m = 0, resolved config, study identity) of `study` with ≥ 2 stored
@@ -259,7 +278,11 @@ def seed_ensembles(out_dir: str | Path, df: pd.DataFrame, cost: float = COST, we
             continue
         first = g.iloc[0].to_dict()
         row = {k: first[k] for k in ("study", "model", "m", "config", *group_cols, "data_source") if k in first}
-        row.update(scores(_mean_forecast(frames), n_stocks, cost=cost, weighting=weighting))
+        mean = _mean_forecast(frames)
+        row.update(scores(mean, n_stocks, cost=cost, weighting=weighting))
+        true_ic = _true_rank_ic(out_dir, study, first, mean, n_stocks)
+        if true_ic is not None:
+            row["rank_ic_true"] = true_ic
         row.update({"n": len(frames), "ensemble": True, "status": "ok", "seed": -1})
         rows.append(row)
     return pd.DataFrame(rows)

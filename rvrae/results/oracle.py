@@ -52,6 +52,11 @@ def _stem(out_dir: str | Path, study: str, key: tuple) -> Path:
     return Path(out_dir) / ORACLE_DIR / f"study={study}" / digest
 
 
+def oracle_forecast_path(out_dir: str | Path, study: str, key: tuple) -> Path:
+    """Where the oracle's forecast of a study identity (`key`, rvrae.identity.key_of) is stored."""
+    return _stem(out_dir, study, key).with_suffix(".forecast.parquet")
+
+
 def oracle_forecast(oracle):
     """The oracle as a Forecast over every month of its panel (months 0..T-1). Its two ends
     of the forecast share (`rank_ic_w0` / `rank_ic_w1`): the true β times the true factors'

@@ -37,6 +37,7 @@ METRIC_LABELS = {
     "rank_ic": ("Rank IC", "Rank IC"),
     "rank_icir": ("Rank ICIR", "Rank ICIR"),
     "rank_ic_span": ("β-span Rank IC", r"$\beta$-span Rank IC"),  # the Rank IC the betas allow
+    "rank_ic_true": ("Rank IC vs true E[r]", r"Rank IC vs true $E[r]$"),  # against the planted r̂, no return noise
     "rank_ic_w0": ("Rank IC at w=0", "Rank IC at $w=0$"),  # the premia alone (calibrate's w = 0)
     "rank_ic_w1": ("Rank IC at w=1", "Rank IC at $w=1$"),  # the dynamic forecast in full
     "forecast_weight": ("Forecast share w", "Forecast share $w$"),  # of the dynamic forecast (calibrate)

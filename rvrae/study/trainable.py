@@ -85,11 +85,14 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
     """Every metric of SPEC §4/§6 from one all-months forecast. `fc.months` = 0..T-1. On a
     planted panel (`panel.meta["oracle"]`) also `span_r2_<k>`, k = 1..K_true: the test months'
     R² of each true factor's betas on the model's (`rvrae.metrics.span_r2`), and
-    `rank_ic_span`: the Rank IC the model's betas allow (`rvrae.metrics.span_rank_ic`). A
+    `rank_ic_span`: the Rank IC the model's betas allow (`rvrae.metrics.span_rank_ic`), and
+    `rank_ic_true`: the test Rank IC of its r̂ against the true expected return instead of the
+    returns (`rvrae.metrics.true_rank_ic`, the ranking without the returns' noise). A
     model with a calibrated dynamic forecast also gets `rank_ic_w0` and `rank_ic_w1`: the test
     Rank IC of its forecast at either end of the share w (`Forecast.r_w0`, `r_w1`), so a table
     shows how much of its `rank_ic` hangs on the validation months' choice of w."""
-    from rvrae.metrics import SPAN_PREFIX, SPAN_RANK_IC, long_short, rank_ic, score, span_r2, span_rank_ic
+    from rvrae.metrics import (SPAN_PREFIX, SPAN_RANK_IC, TRUE_RANK_IC, long_short, rank_ic, score, span_r2,
+                               span_rank_ic, true_rank_ic)
     from rvrae.models.base import prevailing_mean
 
     lam = prevailing_mean(fc.f_post)  # eq. 33: mean of f_post over every earlier month
@@ -104,6 +107,7 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
         for k, v in enumerate(span_r2(fc.beta[m], oracle.beta[m], panel.mask[m]), start=1):
             out[f"{SPAN_PREFIX}{k}"] = float(v)
         out[SPAN_RANK_IC] = span_rank_ic(fc.beta[m], oracle.r_hat[m], panel.ret[m], panel.mask[m])
+        out[TRUE_RANK_IC] = true_rank_ic(fc.r_hat[m], oracle.r_hat[m], panel.mask[m])
     if fc.r_w0 is not None:  # a calibrated dynamic forecast: its Rank IC at either end of w
         for key, r in (("rank_ic_w0", fc.r_w0), ("rank_ic_w1", fc.r_w1)):
             out[key] = rank_ic(r[m], panel.ret[m], panel.mask[m])
@@ -116,8 +120,10 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
 
 def evaluate_omitted(panel, fc, test_months, omitted, lam=None) -> dict:
     """The `omitted_*` metrics of `evaluate`: the test months scored on the omitted stocks
-    only ({} when none are omitted). `lam`: the prevailing mean of f_post, if already made."""
-    from rvrae.metrics import score
+    only ({} when none are omitted), on a planted panel with `omitted_rank_ic_true` (their
+    Rank IC against the true expected return). `lam`: the prevailing mean of f_post, if
+    already made."""
+    from rvrae.metrics import TRUE_RANK_IC, score, true_rank_ic
     from rvrae.models.base import prevailing_mean
 
     if not len(omitted):
@@ -126,6 +132,9 @@ def evaluate_omitted(panel, fc, test_months, omitted, lam=None) -> dict:
     mask = np.zeros_like(panel.mask[test_months])
     mask[:, omitted] = panel.mask[test_months][:, omitted]  # omitted stocks only
     s = score(panel.ret[test_months], mask, _take(fc, test_months), lam[test_months])
+    oracle = panel.meta.get("oracle")
+    if oracle is not None:
+        s[TRUE_RANK_IC] = true_rank_ic(fc.r_hat[test_months], oracle.r_hat[test_months], mask)
     return {"omitted_" + k: float(v) for k, v in s.items()}
 
 
