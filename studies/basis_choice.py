@@ -38,7 +38,7 @@ def fit_scores(panel, model: str, split: tuple[int, int, int]):
     against the returns, Rank IC against the oracle's r̂, total R²), and the split's
     valid/test months."""
     from rvrae.data.panel import split_by_years
-    from rvrae.metrics import r2_total, rank_ic
+    from rvrae.metrics import r2_total, rank_ic, true_rank_ic
     from rvrae.models.registry import make_model
     from rvrae.study.trainable import resolved_config
     from rvrae.train import seed_everything
@@ -52,7 +52,7 @@ def fit_scores(panel, model: str, split: tuple[int, int, int]):
 
     def scores(months):
         return (rank_ic(fc.r_hat[months], panel.ret[months], panel.mask[months]),
-                rank_ic(fc.r_hat[months], oracle[months], panel.mask[months]),
+                true_rank_ic(fc.r_hat[months], oracle[months], panel.mask[months]),
                 r2_total(panel.ret[months], fc.beta[months], fc.f_post[months], panel.mask[months]))  # fmt: skip
 
     return scores, valid.target_months, test.target_months
