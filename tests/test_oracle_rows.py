@@ -333,6 +333,13 @@ def test_planted_rows_get_the_truth_tables(synth, tmp_path):
     assert truth.frame.loc["ipca", ("rank_ic_true", 0, "mean")] == pytest.approx(0.6)
     assert ("ipca", "rank_ic_true", 0) not in truth.share  # the oracle's is 1: no share to print
     assert "Rank IC vs true E[r]" in render_tables([truth], "markdown")
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    render_tables([truth], "rich", console=Console(file=buf, width=200))
+    assert "Rank IC vs true E[r]" in buf.getvalue()  # rich would read "[r]" as markup and drop it
     rob = _model_rows(ident, [20], 0.05).assign(omitted_rank_ic_true=0.5)
     tables = build_tables(rob, study="robustness", oracle=oracle)
     assert [t.key for t in tables] == ["table3", "truth3"]

@@ -227,20 +227,24 @@ def _csv(tables: list[Table]) -> str:
 
 # ---- rich --------------------------------------------------------------------------------
 def _rich(table: Table) -> RichTable:
+    """Every text is escaped: rich reads "[r]" in a label (E[r]) as markup and drops it."""
+    from rich.markup import escape
+
     caption = table.caption + (f"\n{table.footer}" if table.footer else "")
-    rt = RichTable(title=table.title, caption=caption, caption_justify="left")
-    rt.add_column(table.row_label, style="bold")
+    rt = RichTable(title=escape(table.title), caption=escape(caption), caption_justify="left")
+    rt.add_column(escape(table.row_label), style="bold")
     for me, m in table.cells:
-        rt.add_column(_header(table, me, m), justify="right")
+        rt.add_column(escape(_header(table, me, m)), justify="right")
     rt.add_column("n", justify="right")
     for e in table.extra:
-        rt.add_column(e, overflow="fold")
+        rt.add_column(escape(e), overflow="fold")
     for r, cells in _rows(table):
         texts = []
         for c in cells:
-            t = c["text"] + ("*" if c["sig"] else "")
+            t = escape(c["text"] + ("*" if c["sig"] else ""))
             texts.append(f"[bold green]{t}[/]" if c["best"] else t)
-        rt.add_row(model_label(r), *texts, _n_text(cells), *[table.extra[e].get(r, "") for e in table.extra])
+        rt.add_row(escape(model_label(r)), *texts, _n_text(cells),
+                   *[escape(str(table.extra[e].get(r, ""))) for e in table.extra])  # fmt: skip
     return rt
 
 

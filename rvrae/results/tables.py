@@ -66,7 +66,7 @@ def lower_is_better(metric: str) -> bool:
 # the planted panel's ranking tables (`truth`, `truth3`)
 TRUTH_CAPTION = ("Rank IC: r̂ against the realised returns (the paper's); vs true E[r]: against the planted "
                  "model's expected return β_t E(f_t | past), the same ranking judged without the returns' noise "
-                 "(the oracle's is 1; on the returns, two forecasts' Rank ICs over 36 test months differ by "
+                 "(the oracle's is 1; on the returns, two forecasts' Rank ICs over a 36-month test differ by "
                  "noise of about 0.01, a tenth of the oracle's own Rank IC).")  # fmt: skip
 SPAN_CAPTION = (" β-span: that expected return projected each month on [1, β̂], ranked against the returns "
                 "(the Rank IC the model's betas allow).")
