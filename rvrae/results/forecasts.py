@@ -232,21 +232,25 @@ def _mean_forecast(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return mean.reset_index()
 
 
-def _true_rank_ic(out_dir, study: str, row: dict, mean: pd.DataFrame, n_stocks: int) -> float | None:
-    """`rank_ic_true` of a seed ensemble's mean forecast: its test months ranked against the
-    true expected return, read from the oracle's stored forecast of the same study identity
-    (rvrae.results.oracle); None where there is none (a user's panel)."""
-    from rvrae.identity import key_of
-    from rvrae.metrics import true_rank_ic
+def _oracle_test_r_hat(out_dir, study: str, key: tuple) -> pd.DataFrame | None:
+    """The oracle's test-month r̂ (`r_true`, by split/date/stock) of the study identity `key`
+    (rvrae.identity.key_of), from its stored forecast (rvrae.results.oracle); None where there
+    is none (a user's panel)."""
     from rvrae.results.oracle import oracle_forecast_path
 
-    path = oracle_forecast_path(out_dir, study, key_of(row))
+    path = oracle_forecast_path(out_dir, study, key)
     if not path.is_file():
         return None
     truth, _ = read_forecast_file(path)
-    key = ["split", "date", "stock"]
-    true_r = truth.loc[truth["split"] == "test", key + ["r_hat"]].rename(columns={"r_hat": "r_true"})
-    test = mean[mean["split"] == "test"].merge(true_r, on=key, how="inner")
+    return truth.loc[truth["split"] == "test", ["split", "date", "stock", "r_hat"]].rename(columns={"r_hat": "r_true"})
+
+
+def _true_rank_ic(true_r: pd.DataFrame, mean: pd.DataFrame, n_stocks: int) -> float:
+    """`rank_ic_true` of a seed ensemble's mean forecast: its test months ranked against the
+    oracle's r̂ (`_oracle_test_r_hat`), the true expected return."""
+    from rvrae.metrics import true_rank_ic
+
+    test = mean[mean["split"] == "test"].merge(true_r, on=["split", "date", "stock"], how="inner")
     d = _dense(test.assign(ret=test["r_true"]), n_stocks)  # the truth in the returns' place
     return true_rank_ic(d["r_hat"], d["ret"], d["mask"])
 
@@ -257,12 +261,12 @@ def seed_ensembles(out_dir: str | Path, df: pd.DataFrame, cost: float = COST, we
     forecasts: every metric scored on the mean forecast over its seeds (Gu–Kelly–Xiu average
     their networks over seeds), `n` = seeds averaged, `ensemble` = True. Only m = 0: with
     m > 0 every seed omits other stocks. Empty when no forecasts are stored."""
-    from rvrae.identity import KEY_COLUMNS
+    from rvrae.identity import KEY_COLUMNS, key_of
     from rvrae.results.tables import ok_rows
 
     ok = ok_rows(df)
     ok = ok[(ok["study"] == study) & (ok["m"] == 0)] if "m" in ok.columns else ok.iloc[0:0]
-    rows = []
+    rows, truths = [], {}
     if ok.empty or "cell_id" not in ok.columns:
         return pd.DataFrame()
     # the cell key without the seed: code version and data path are recorded, not keyed (rvrae.identity)
@@ -280,9 +284,11 @@ def seed_ensembles(out_dir: str | Path, df: pd.DataFrame, cost: float = COST, we
         row = {k: first[k] for k in ("study", "model", "m", "config", *group_cols, "data_source") if k in first}
         mean = _mean_forecast(frames)
         row.update(scores(mean, n_stocks, cost=cost, weighting=weighting))
-        true_ic = _true_rank_ic(out_dir, study, first, mean, n_stocks)
-        if true_ic is not None:
-            row["rank_ic_true"] = true_ic
+        ident = key_of(first)
+        if ident not in truths:  # one oracle per identity, read once for all its models
+            truths[ident] = _oracle_test_r_hat(out_dir, study, ident)
+        if truths[ident] is not None:
+            row["rank_ic_true"] = _true_rank_ic(truths[ident], mean, n_stocks)
         row.update({"n": len(frames), "ensemble": True, "status": "ok", "seed": -1})
         rows.append(row)
     return pd.DataFrame(rows)

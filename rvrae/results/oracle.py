@@ -102,7 +102,7 @@ def write_oracle(out_dir: str | Path, study: str, panel, identity, cells: list[d
     stem.parent.mkdir(parents=True, exist_ok=True)
     table = forecast_table(panel, fc, valid.target_months, test.target_months, np.zeros(0, dtype=np.int64))
     data = to_bytes(table)
-    atomic_write(stem.with_suffix(".forecast.parquet"), lambda fh: fh.write(data))
+    atomic_write(oracle_forecast_path(out_dir, study, identity.key()), lambda fh: fh.write(data))
     rows_table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
     atomic_write(stem.with_suffix(".parquet"), lambda fh: pq.write_table(rows_table, fh))
     return stem.with_suffix(".parquet")
