@@ -1,18 +1,18 @@
 """Can the months before the test choose between ranks and ranks + squares (`--squares`)?
 
-For each planted panel and basis, one model (default config, seed 0) is fitted on the usual
-train/valid/test split, and once more at each of `--origins` rolling origins: trained on every
-year before year y, validated on year y, for the `--origins` years before the test. Four
-rules pick a basis per panel: the 36-month validation Rank IC (what a study could choose on
-today), the rolling-origin validation Rank IC pooled over its years, the validation total
-R², and always one basis.
+For each planted panel and basis, one model (default config, model seed `--seed`, 0 unless
+told) is fitted on the usual train/valid/test split, and once more at each of `--origins`
+rolling origins: trained on every year before year y, validated on year y, for the
+`--origins` years before the test. Four rules pick a basis per panel: the 36-month
+validation Rank IC (what a study could choose on today), the rolling-origin validation Rank
+IC pooled over its years, the validation total R², and always one basis.
 Each is judged on the test months twice: by the Rank IC against the realised returns (what
 the tables print) and by the Rank IC against the oracle's expected return r̂ (no return
 noise: what a choice should get right). The first and second halves of the test say how
 stable each judge is. studies/FINDINGS.md, "Choosing the basis on validation", has the run.
 
     python studies/basis_choice.py --data synthetic --data synthetic:studies/panels/Q.json \\
-        [--model ipca] [--origins 6] [--jsonl rows.jsonl]
+        [--model ipca] [--origins 6] [--seed 0] [--jsonl rows.jsonl]
 
 `--origins 0` fits each basis once (no rolling origin): the check for a model too slow for
 2 × (1 + origins) fits a panel, such as RVRAE.
@@ -33,8 +33,8 @@ import numpy as np
 BASES = ("ranks", "squares")
 
 
-def fit_scores(panel, model: str, split: tuple[int, int, int]):
-    """Fit `model` (default config, seed 0) on `split`; a function of months -> (Rank IC
+def fit_scores(panel, model: str, split: tuple[int, int, int], seed: int = 0):
+    """Fit `model` (default config, seed `seed`) on `split`; a function of months -> (Rank IC
     against the returns, Rank IC against the oracle's r̂, total R²), and the split's
     valid/test months."""
     from rvrae.data.panel import split_by_years
@@ -43,10 +43,10 @@ def fit_scores(panel, model: str, split: tuple[int, int, int]):
     from rvrae.study.trainable import resolved_config
     from rvrae.train import seed_everything
 
-    seed_everything(0)
+    seed_everything(seed)
     train, valid, test = split_by_years(panel, *split)
     fitted = make_model(model, resolved_config(model, {}))
-    fitted.fit(train, valid, seed=0, device="cpu")
+    fitted.fit(train, valid, seed=seed, device="cpu")
     fc = fitted.predict(panel, np.arange(panel.T))
     oracle = panel.meta["oracle"].r_hat
 
@@ -71,21 +71,22 @@ def load_checked(spec: str, origins: int, test_years: int = 3):
     return base
 
 
-def panel_row(base, spec: str, model: str, origins: int, valid_years: int = 3, test_years: int = 3) -> dict:
-    """Every score of the panel `base` (loaded from `spec` by `load_checked`), both bases:
-    the JSON line of `--jsonl`."""
+def panel_row(base, spec: str, model: str, origins: int, valid_years: int = 3, test_years: int = 3,
+              seed: int = 0) -> dict:
+    """Every score of the panel `base` (loaded from `spec` by `load_checked`), both bases, each
+    fit at model seed `seed`: the JSON line of `--jsonl`."""
     years = base.T // 12
-    row: dict = {"panel": spec, "model": model}
+    row: dict = {"panel": spec, "model": model, "seed": seed}
     for basis, panel in zip(BASES, (base, base.with_squares())):
         t0 = time.perf_counter()
-        scores, valid, test = fit_scores(panel, model, (years - valid_years - test_years, valid_years, test_years))
+        scores, valid, test = fit_scores(panel, model, (years - valid_years - test_years, valid_years, test_years), seed)
         half = len(test) // 2
         row[f"{basis}_valid"], _, row[f"{basis}_valid_r2_total"] = scores(valid)
         for name, months in (("test", test), ("test_a", test[:half]), ("test_b", test[half:])):
             row[f"{basis}_{name}"], row[f"{basis}_true_{name}"], _ = scores(months)
         rolling = []
         for y in range(years - test_years - origins, years - test_years):  # train [0, y), validate y
-            s, v, _ = fit_scores(panel, model, (y, 1, years - y - 1))
+            s, v, _ = fit_scores(panel, model, (y, 1, years - y - 1), seed)
             rolling.append(s(v)[0])
         row[f"{basis}_rolling"] = float(np.mean(rolling)) if rolling else float("nan")
         row[f"{basis}_rolling_years"] = rolling
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="ipca", choices=model_names())
     p.add_argument("--origins", type=int, default=6,
                    help="rolling-origin validation years (0: none, two fits a panel: a slow model's check)")
+    p.add_argument("--seed", type=int, default=0, help="the model seed of every fit (a panel's draw is its design's)")
     p.add_argument("--jsonl", help="append each panel's scores here as a JSON line")
     a = p.parse_args(argv)
     console = Console()
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--origins must be >= 0, got {a.origins}")
         panels = [load_checked(spec, a.origins) for spec in a.data]  # all checked before the first fit
         for spec, panel in zip(a.data, panels):
-            rows.append(panel_row(panel, spec, a.model, a.origins))
+            rows.append(panel_row(panel, spec, a.model, a.origins, seed=a.seed))
             if a.jsonl:
                 with open(a.jsonl, "a") as fh:
                     fh.write(json.dumps(rows[-1]) + "\n")

@@ -75,3 +75,22 @@ def test_bad_data_is_one_error_before_any_fit(tmp_path, design, capsys):
     assert main(["--data", design, "--origins", "7", "--jsonl", str(out)]) == 2
     assert "10 years leave no training year before 7 origins" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_seed_reaches_every_fit_and_the_row(design, monkeypatch, tmp_path):
+    """`--seed` is the model seed of every fit (both bases, every rolling origin), and the
+    JSON line records it, so rows of several seeds can be told apart."""
+    import basis_choice
+
+    seeds = []
+    real = basis_choice.fit_scores
+
+    def spy(panel, model, split, seed=0):
+        seeds.append(seed)
+        return real(panel, model, split, seed)
+
+    monkeypatch.setattr(basis_choice, "fit_scores", spy)
+    out = tmp_path / "rows.jsonl"
+    assert main(["--data", design, "--origins", "1", "--seed", "3", "--jsonl", str(out)]) == 0
+    assert seeds == [3] * 4  # two bases, each fitted once and at one rolling origin
+    assert json.loads(out.read_text())["seed"] == 3
