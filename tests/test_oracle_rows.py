@@ -296,6 +296,14 @@ def test_rank_ic_true_ranks_against_the_planted_expected_return(synth):
     truth = oracle_forecast(o)
     res = evaluate(p, truth, valid.target_months, m, omitted)
     assert res["rank_ic_true"] == pytest.approx(1.0) and res["omitted_rank_ic_true"] == pytest.approx(1.0)
+    # the two ends of a forecast share against the truth: w = 1 is the oracle's r̂ itself,
+    # w = 0 (β times the true factors' prevailing mean) ranks below it
+    assert res["rank_ic_true_w1"] == pytest.approx(1.0)
+    want0 = [stats.spearmanr(truth.r_w0[t][p.mask[t]], o.r_hat[t][p.mask[t]]).statistic for t in m]
+    assert res["rank_ic_true_w0"] == pytest.approx(np.mean(want0), abs=1e-6)
+    assert res["rank_ic_true_w0"] < 0.99
+    assert "rank_ic_true_w0" not in evaluate(p, dataclasses.replace(truth, r_w0=None, r_w1=None),
+                                             valid.target_months, m, omitted)  # no share, no ends  # fmt: skip
     scaled = dataclasses.replace(truth, r_hat=(3.0 * o.r_hat + 0.01).astype(np.float32))
     res_s = evaluate(p, scaled, valid.target_months, m, omitted)
     assert res_s["rank_ic_true"] == pytest.approx(1.0) and res_s["rank_ic"] == pytest.approx(res["rank_ic"], abs=1e-6)
@@ -340,6 +348,19 @@ def test_planted_rows_get_the_truth_tables(synth, tmp_path):
     buf = io.StringIO()
     render_tables([truth], "rich", console=Console(file=buf, width=200))
     assert "Rank IC vs true E[r]" in buf.getvalue()  # rich would read "[r]" as markup and drop it
+    # a model with a dynamic forecast gets the table of its share's two ends; one without
+    # (IPCA here) is no row of it
+    dyn = bench.assign(model="rvrae", trial_id=bench["trial_id"] + "r", rank_ic_w0=0.04, rank_ic_w1=0.05,
+                       rank_ic_true_w0=0.5, rank_ic_true_w1=0.55, forecast_weight=1.0)  # fmt: skip
+    tables = build_tables(pd.concat([bench, dyn], ignore_index=True), study="benchmark", oracle=oracle)
+    assert [t.key for t in tables] == ["table1", "table2", "truth", "truth_w"]
+    tw = tables[-1]
+    assert sorted(tw.frame.index) == sorted([ORACLE, "rvrae"])
+    assert [c for c, _ in tw.cells] == ["rank_ic_w0", "rank_ic_w1", "rank_ic_true_w0", "rank_ic_true_w1", "forecast_weight"]
+    assert tw.frame.loc["rvrae", ("rank_ic_true_w1", 0, "mean")] == pytest.approx(0.55)
+    assert tw.frame.loc[ORACLE, ("rank_ic_true_w1", 0, "mean")] == pytest.approx(1.0)
+    assert 0 < tw.frame.loc[ORACLE, ("rank_ic_true_w0", 0, "mean")] < 1
+    assert "vs true E[r] at w=0" in render_tables([tw], "markdown")
     rob = _model_rows(ident, [20], 0.05).assign(omitted_rank_ic_true=0.5)
     tables = build_tables(rob, study="robustness", oracle=oracle)
     assert [t.key for t in tables] == ["table3", "truth3"]

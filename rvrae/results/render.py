@@ -40,6 +40,8 @@ METRIC_LABELS = {
     "rank_ic_true": ("Rank IC vs true E[r]", r"Rank IC vs true $E[r]$"),  # against the planted r̂, no return noise
     "rank_ic_w0": ("Rank IC at w=0", "Rank IC at $w=0$"),  # the premia alone (calibrate's w = 0)
     "rank_ic_w1": ("Rank IC at w=1", "Rank IC at $w=1$"),  # the dynamic forecast in full
+    "rank_ic_true_w0": ("vs true E[r] at w=0", "vs true $E[r]$ at $w=0$"),  # rank_ic_w0 against the planted r̂
+    "rank_ic_true_w1": ("vs true E[r] at w=1", "vs true $E[r]$ at $w=1$"),  # rank_ic_w1 against the planted r̂
     "forecast_weight": ("Forecast share w", "Forecast share $w$"),  # of the dynamic forecast (calibrate)
     "forecast_tstat": ("Forecast share t", "Forecast share $t$"),  # its validation t-statistic
     "forecast_factor_tstat": ("Factor AR(1) t", "Factor AR(1) $t$"),  # the largest factor's (forecast_test)

@@ -90,7 +90,11 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
     returns (`rvrae.metrics.true_rank_ic`, the ranking without the returns' noise). A
     model with a calibrated dynamic forecast also gets `rank_ic_w0` and `rank_ic_w1`: the test
     Rank IC of its forecast at either end of the share w (`Forecast.r_w0`, `r_w1`), so a table
-    shows how much of its `rank_ic` hangs on the validation months' choice of w."""
+    shows how much of its `rank_ic` hangs on the validation months' choice of w; on a planted
+    panel also `rank_ic_true_w0` / `rank_ic_true_w1`, the same two ends ranked against the
+    true expected return: whether the dynamic forecast has skill, without the test years'
+    factor surprises that the realised returns carry (studies/FINDINGS.md, "Ranking against
+    the truth")."""
     from rvrae.metrics import (SPAN_PREFIX, SPAN_RANK_IC, TRUE_RANK_IC, long_short, rank_ic, score, span_r2,
                                span_rank_ic, true_rank_ic)
     from rvrae.models.base import prevailing_mean
@@ -111,6 +115,8 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
     if fc.r_w0 is not None:  # a calibrated dynamic forecast: its Rank IC at either end of w
         for key, r in (("rank_ic_w0", fc.r_w0), ("rank_ic_w1", fc.r_w1)):
             out[key] = rank_ic(r[m], panel.ret[m], panel.mask[m])
+            if oracle is not None:  # and against the truth: does the dynamic forecast have skill?
+                out[TRUE_RANK_IC + key[len("rank_ic"):]] = true_rank_ic(r[m], oracle.r_hat[m], panel.mask[m])
     ls = long_short(fc.r_hat[m], panel.ret[m], panel.mask[m])
     out["ls_gross"] = json.dumps([float(x) for x in np.asarray(ls["gross"])])
     out["ls_net"] = json.dumps([float(x) for x in np.asarray(ls["net"])])
