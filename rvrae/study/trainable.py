@@ -113,10 +113,10 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
         out[SPAN_RANK_IC] = span_rank_ic(fc.beta[m], oracle.r_hat[m], panel.ret[m], panel.mask[m])
         out[TRUE_RANK_IC] = true_rank_ic(fc.r_hat[m], oracle.r_hat[m], panel.mask[m])
     if fc.r_w0 is not None:  # a calibrated dynamic forecast: its Rank IC at either end of w
-        for key, r in (("rank_ic_w0", fc.r_w0), ("rank_ic_w1", fc.r_w1)):
+        for key, true_key, r in (("rank_ic_w0", "rank_ic_true_w0", fc.r_w0), ("rank_ic_w1", "rank_ic_true_w1", fc.r_w1)):
             out[key] = rank_ic(r[m], panel.ret[m], panel.mask[m])
             if oracle is not None:  # and against the truth: does the dynamic forecast have skill?
-                out[TRUE_RANK_IC + key[len("rank_ic"):]] = true_rank_ic(r[m], oracle.r_hat[m], panel.mask[m])
+                out[true_key] = true_rank_ic(r[m], oracle.r_hat[m], panel.mask[m])
     ls = long_short(fc.r_hat[m], panel.ret[m], panel.mask[m])
     out["ls_gross"] = json.dumps([float(x) for x in np.asarray(ls["gross"])])
     out["ls_net"] = json.dumps([float(x) for x in np.asarray(ls["net"])])
