@@ -548,3 +548,32 @@ def test_a_training_step_never_waits_for_the_device(name, monkeypatch):
     monkeypatch.undo()
     assert math.isfinite(loss.item())
     assert sum(p.grad.abs().sum() for p in net.parameters() if p.grad is not None) > 0
+
+
+def test_restarts_keep_the_fit_whose_forecast_ranks_validation_best():
+    """`restarts` (NeuralConfig; RVRAE's default is 2): each restart is the one-restart fit at
+    its seed (restart 0 at the trial's), and the kept one is the restart with the best
+    validation Rank IC of its calibrated forecast."""
+    from rvrae.metrics import rank_ic
+    from rvrae.models.base import restart_seed
+
+    panel = planted_panel(seed=2)
+    epochs = []
+    many = RVRAE({**SMALL, "restarts": 3}).fit(
+        panel.view(TRAIN), panel.view(VALID), seed=0, progress=lambda e, r: epochs.append(e)
+    )
+    singles = [fitted(panel, restarts=1) if i == 0 else
+               RVRAE({**SMALL, "restarts": 1}).fit(panel.view(TRAIN), panel.view(VALID), seed=restart_seed(0, i))
+               for i in range(3)]  # fmt: skip
+    scores = [rank_ic(m.predict(panel, VALID).r_hat, panel.ret[VALID], panel.mask[VALID]) for m in singles]
+    assert many.restart_scores_ == pytest.approx(scores, abs=1e-6)
+    assert len(set(np.round(scores, 6))) == 3 and many.restart_ == int(np.argmax(scores)) != 0  # a real choice
+    kept = singles[many.restart_].predict(panel, np.arange(T))
+    np.testing.assert_array_equal(many.predict(panel, np.arange(T)).r_hat, kept.r_hat)
+    assert many.history_ == singles[many.restart_].history_
+    # one rising epoch count over the three fits, for a scheduler that reads it
+    assert epochs == list(range(1, sum(len(m.history_) for m in singles) + 1))
+    assert singles[0].restart_ is None and restart_seed(7, 0) == 7
+    assert len({restart_seed(s, i) for s in range(10) for i in range(1, 3)} | set(range(10))) == 30
+    with pytest.raises(UserError, match="rvrae: restarts must be >= 1"):
+        Config(restarts=0)

@@ -73,3 +73,19 @@ def test_report_hook_gets_every_metric(tiny_panel):
     assert np.isfinite(reports[-1]["rank_ic"]) and reports[-1]["device"] == "cpu"
     assert reports[-1]["threads"] == 2  # the trial's CPUs, as torch ran with them
     assert trainable.RESERVED.count("hook") == 1
+
+
+def test_a_row_of_restarts_names_the_kept_fit_and_every_fits_validation_score(tiny_panel):
+    import json
+
+    hp = {"restarts": 2, "epochs": 2, "n_factors": 2, "hidden": 8, "seq_len": 4, "mc_samples": 2}
+    reports = []
+    train_trial(_config("rvrae", hp=hp), tiny_panel, report=reports.append)
+    row = reports[-1]
+    scores = json.loads(row["restart_scores"])
+    assert len(scores) == 2 and row["restart"] == int(np.argmax(scores))
+    # the kept fit's score is the row's own validation Rank IC (m = 0: the same stocks)
+    assert row["valid_rank_ic"] == pytest.approx(max(scores), abs=1e-6)
+    reports = []
+    train_trial(_config("rvrae", hp={**hp, "restarts": 1}), tiny_panel, report=reports.append)
+    assert "restart" not in reports[-1] and "restart_scores" not in reports[-1]

@@ -20,6 +20,8 @@ def check_config(model: str, cfg: Any, at_least_1: Iterable[str] = (), unit: Ite
     """`at_least_1`: integer sizes (>= 1); `unit`: rates in [0, 1) (dropout); `choices`: key
     -> allowed values (a neural config's `premia`, `forecast_gate`, `forecast_test` and `forecast_scale`
     always)."""
+    if hasattr(cfg, "restarts"):  # every neural config (NeuralConfig.restarts)
+        at_least_1 = (*at_least_1, "restarts")
     for key in at_least_1:
         if getattr(cfg, key) < 1:
             raise UserError(f"{model}: {key} must be >= 1, got {getattr(cfg, key)}")

@@ -247,6 +247,11 @@ def train_trial(config: dict, panel, report=None) -> None:
         final["forecast_factor_tstat"] = float(model.forecast_factor_tstat_)
     if getattr(model, "forecast_scale_", None) is not None:  # its level c (`forecast_scale`)
         final["forecast_scale"] = float(model.forecast_scale_)
+    if getattr(model, "restart_scores_", None) is not None:
+        # `restarts` > 1: the kept fit (0 = the trial's seed) and every fit's validation Rank
+        # IC, the score it was kept on (`NeuralFactorModel.fit`); `epochs` is the kept fit's
+        final["restart"] = int(model.restart_)
+        final["restart_scores"] = json.dumps(model.restart_scores_)
     if getattr(model, "prior_spread_", None) is not None:
         # A learned prior's month-to-month movement against the posterior's, on the validation
         # months (`rvrae.npx.prior_spread`): 0 says the prior forecasts the same every month
