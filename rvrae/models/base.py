@@ -137,9 +137,10 @@ class NeuralConfig:
     forecast_scale: str = "none"
     # Fits per trial (`NeuralFactorModel.fit`): each from its own initialisation (restart 0
     # at the trial's seed), the one whose calibrated forecast has the best validation Rank IC
-    # kept. 1: one fit, as the peers do. RVRAE's default is 2 (rvrae.py's docstring,
-    # studies/FINDINGS.md "Restarts chosen on validation"): one fit in ten ranked the truth at
-    # half its usual level, and validation saw it
+    # kept; the trial's cost times `restarts`. 1 (every model's default): one fit, as the
+    # peers do. Measured for RVRAE and not its default: it caught the fits that failed
+    # outright, and elsewhere the 36 validation months picked the worse fit as often as not
+    # (studies/FINDINGS.md, "Restarts chosen on validation")
     restarts: int = 1
 
 
