@@ -577,3 +577,24 @@ def test_restarts_keep_the_fit_whose_forecast_ranks_validation_best():
     assert len({restart_seed(s, i) for s in range(10) for i in range(1, 3)} | set(range(10))) == 30
     with pytest.raises(UserError, match="rvrae: restarts must be >= 1"):
         Config(restarts=0)
+    with pytest.raises(UserError, match="rvrae: restart_tstat must be >= 0"):
+        Config(restart_tstat=-1.0)
+
+
+def test_a_restart_tstat_keeps_the_first_fit_unless_validation_clearly_prefers_another():
+    """`restart_tstat`: restart 1 replaces restart 0 only where the paired t-statistic of
+    their monthly validation Rank ICs (written out here) reaches it."""
+    from rvrae.metrics import ic_series
+    from rvrae.models.base import restart_seed
+
+    panel = planted_panel(seed=2)
+    singles = [RVRAE({**SMALL, "restarts": 1}).fit(panel.view(TRAIN), panel.view(VALID), seed=restart_seed(0, i))
+               for i in range(2)]  # fmt: skip
+    a, b = (ic_series(m.predict(panel, VALID).r_hat, panel.ret[VALID], panel.mask[VALID], rank=True) for m in singles)
+    d = (b - a)[np.isfinite(a) & np.isfinite(b)]
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+    assert t > 0.1  # restart 1 is ahead on validation: the threshold decides
+    for need, kept in ((0.0, 1), (t - 0.05, 1), (t + 0.05, 0)):
+        model = fitted(panel, restarts=2, restart_tstat=need)
+        assert model.restart_ == kept, need
+        np.testing.assert_array_equal(model.predict(panel, VALID).r_hat, singles[kept].predict(panel, VALID).r_hat)

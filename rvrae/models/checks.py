@@ -22,6 +22,8 @@ def check_config(model: str, cfg: Any, at_least_1: Iterable[str] = (), unit: Ite
     always)."""
     if hasattr(cfg, "restarts"):  # every neural config (NeuralConfig.restarts)
         at_least_1 = (*at_least_1, "restarts")
+    if getattr(cfg, "restart_tstat", 0.0) < 0:  # every neural config (NeuralConfig.restart_tstat)
+        raise UserError(f"{model}: restart_tstat must be >= 0, got {cfg.restart_tstat}")
     for key in at_least_1:
         if getattr(cfg, key) < 1:
             raise UserError(f"{model}: {key} must be >= 1, got {getattr(cfg, key)}")
