@@ -551,7 +551,7 @@ def test_a_training_step_never_waits_for_the_device(name, monkeypatch):
 
 
 def test_restarts_keep_the_fit_whose_forecast_ranks_validation_best():
-    """`restarts` (NeuralConfig; RVRAE's default is 2): each restart is the one-restart fit at
+    """`restarts` (NeuralConfig; every model's default is 1): each restart is the one-restart fit at
     its seed (restart 0 at the trial's), and the kept one is the restart with the best
     validation Rank IC of its calibrated forecast."""
     from rvrae.metrics import rank_ic

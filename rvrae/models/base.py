@@ -292,7 +292,7 @@ class NeuralFactorModel(FactorModel):
         only where the paired t-statistic of their monthly validation Rank ICs reaches it.
         Progress epochs keep counting across restarts, so a scheduler sees one rising
         sequence."""
-        from rvrae.metrics import ic_series
+        from rvrae.metrics import _nanmean, ic_series
 
         restarts = int(self.config.restarts)
         self.restart_ = self.restart_scores_ = None
@@ -308,8 +308,8 @@ class NeuralFactorModel(FactorModel):
             done += len(self.history_)
             fc = self.predict(valid, months)
             series = ic_series(fc.r_hat, valid.ret[months], valid.mask[months], rank=True)
-            score = float(np.mean(series[np.isfinite(series)])) if np.isfinite(series).any() else np.nan
-            scores.append(score)  # = rvrae.metrics.rank_ic of the validation months
+            score = _nanmean(series)  # rvrae.metrics.rank_ic of the validation months
+            scores.append(score)
             if np.isfinite(score) and score > best and (kept is None or self._clearly_better(series, kept_series)):
                 best, index, kept_series = score, i, series  # the first of equal scores stays
                 kept = {k: v for k, v in vars(self).items() if k.endswith("_")}
@@ -321,13 +321,13 @@ class NeuralFactorModel(FactorModel):
     def _clearly_better(self, series: np.ndarray, kept: np.ndarray) -> bool:
         """Whether monthly validation Rank ICs `series` beat the kept fit's `kept` at a paired
         t-statistic of `restart_tstat` (always, at 0: the larger mean decides alone)."""
+        from rvrae.metrics import icir
+
         need = float(self.config.restart_tstat)
-        d = (series - kept)[np.isfinite(series) & np.isfinite(kept)]
         if need <= 0:
             return True
-        if len(d) < 2 or not d.std(ddof=1) > 0:
-            return False
-        return bool(d.mean() / (d.std(ddof=1) / np.sqrt(len(d))) >= need)
+        d = series - kept
+        return bool(icir(d) * np.sqrt(np.isfinite(d).sum()) >= need)  # NaN (< 2 months, no spread): no
 
     def _fit_once(self, train, valid, seed, device, progress):
         from rvrae.train import fit_module, seed_everything
