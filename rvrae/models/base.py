@@ -299,7 +299,7 @@ class NeuralFactorModel(FactorModel):
         if restarts == 1:
             return self._fit_once(train, valid, seed, device, progress)
         months = np.asarray(valid.target_months)
-        best, kept, index, scores, done, kept_series = -np.inf, None, restarts - 1, [], 0, None
+        fits, series, done = [], [], 0
         for i in range(restarts):
             def shifted(epoch, record, done=done):
                 progress(done + epoch, record)
@@ -307,27 +307,14 @@ class NeuralFactorModel(FactorModel):
             self._fit_once(train, valid, restart_seed(seed, i), device, shifted if progress else None)
             done += len(self.history_)
             fc = self.predict(valid, months)
-            series = ic_series(fc.r_hat, valid.ret[months], valid.mask[months], rank=True)
-            score = _nanmean(series)  # rvrae.metrics.rank_ic of the validation months
-            scores.append(score)
-            if np.isfinite(score) and score > best and (kept is None or self._clearly_better(series, kept_series)):
-                best, index, kept_series = score, i, series  # the first of equal scores stays
-                kept = {k: v for k, v in vars(self).items() if k.endswith("_")}
-        if kept is not None:  # else no restart scored (all NaN): the last one stays
-            vars(self).update(kept)
-        self.restart_, self.restart_scores_ = index, scores
+            series.append(ic_series(fc.r_hat, valid.ret[months], valid.mask[months], rank=True))
+            fits.append({k: v for k, v in vars(self).items() if k.endswith("_")})
+        index = choose_restart(series, float(self.config.restart_tstat))
+        index = restarts - 1 if index is None else index  # no restart scored (all NaN): the last one stays
+        vars(self).update(fits[index])
+        # rvrae.metrics.rank_ic of the validation months, per restart
+        self.restart_, self.restart_scores_ = index, [_nanmean(s) for s in series]
         return self
-
-    def _clearly_better(self, series: np.ndarray, kept: np.ndarray) -> bool:
-        """Whether monthly validation Rank ICs `series` beat the kept fit's `kept` at a paired
-        t-statistic of `restart_tstat` (always, at 0: the larger mean decides alone)."""
-        from rvrae.metrics import icir
-
-        need = float(self.config.restart_tstat)
-        if need <= 0:
-            return True
-        d = series - kept
-        return bool(icir(d) * np.sqrt(np.isfinite(d).sum()) >= need)  # NaN (< 2 months, no spread): no
 
     def _fit_once(self, train, valid, seed, device, progress):
         from rvrae.train import fit_module, seed_everything
@@ -502,6 +489,28 @@ class NeuralFactorModel(FactorModel):
 
 
 _PER_STOCK = ("r_hat", "r_std", "beta")  # forecast outputs with a stock axis (axis 1)
+
+
+def choose_restart(series: list[np.ndarray], tstat: float = 0.0) -> int | None:
+    """The restart `NeuralFactorModel.fit` keeps, from each restart's monthly validation Rank
+    ICs `series` (in restart order): the larger mean decides, the first of equal means stays,
+    and with `tstat` > 0 a later restart replaces the kept one only where the paired
+    t-statistic of their monthly differences, icir(d) * sqrt(months), reaches `tstat`
+    (`NeuralConfig.restart_tstat`; studies/FINDINGS.md, "Restarts chosen on validation").
+    None where no restart has a finite score. studies/restarts.py judges the same rule."""
+    from rvrae.metrics import _nanmean, icir
+
+    best, index, kept = -np.inf, None, None
+    for i, s in enumerate(series):
+        score = _nanmean(s)
+        if not (np.isfinite(score) and score > best):
+            continue
+        if kept is not None and tstat > 0:
+            d = np.asarray(s, dtype=np.float64) - np.asarray(kept, dtype=np.float64)
+            if not icir(d) * np.sqrt(np.isfinite(d).sum()) >= tstat:  # NaN (< 2 months, no spread): no
+                continue
+        best, index, kept = score, i, s
+    return index
 
 
 def restart_seed(seed: int, i: int) -> int:
