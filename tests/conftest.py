@@ -1,8 +1,10 @@
-"""Shared fixtures: ONE Ray instance per test session (ray.init takes seconds), and a tiny
-synthetic panel (60 months, split 3/1/1 years) in memory and as a Parquet file."""
+"""Shared fixtures: ONE Ray instance per test session (ray.init takes seconds), a tiny
+synthetic panel (60 months, split 3/1/1 years) in memory and as a Parquet file, and a
+ten-year planted design for the studies' scripts."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -44,3 +46,12 @@ def tiny_data_file(tiny_synth, tmp_path_factory):
     from rvrae.data.synthetic import write_synthetic
 
     return write_synthetic(tiny_synth, tmp_path_factory.mktemp("data") / "tiny.parquet")
+
+
+@pytest.fixture(scope="session")
+def ten_year_design(tmp_path_factory) -> str:
+    """`--data synthetic:DESIGN.json` of a small planted panel: 200 stocks, 10 years (room for a
+    6/2/2 split or rolling origins), 10 characteristics; the studies' scripts load it."""
+    path = tmp_path_factory.mktemp("design") / "ten.json"
+    path.write_text(json.dumps({"n_stocks": 200, "n_months": 120, "n_chars": 10, "seed": 0}))
+    return f"synthetic:{path}"

@@ -16,18 +16,9 @@ try:
 finally:
     sys.path.pop(0)
 
-TEN_YEARS = {"n_stocks": 200, "n_months": 120, "n_chars": 10, "seed": 0}
 
-
-@pytest.fixture(scope="module")
-def design(tmp_path_factory):
-    path = tmp_path_factory.mktemp("design") / "ten.json"
-    path.write_text(json.dumps(TEN_YEARS))
-    return f"synthetic:{path}"
-
-
-def test_a_panels_row_has_every_score_and_ipca_ranks_like_the_oracle(design):
-    row = panel_row(load_checked(design, 2), design, "ipca", origins=2)  # 14 IPCA fits, about 10 s
+def test_a_panels_row_has_every_score_and_ipca_ranks_like_the_oracle(ten_year_design):
+    row = panel_row(load_checked(ten_year_design, 2), ten_year_design, "ipca", origins=2)  # 14 IPCA fits, about 10 s
     for basis in ("ranks", "squares"):
         assert len(row[f"{basis}_rolling_years"]) == 2  # one validation year per origin
         assert row[f"{basis}_rolling"] == pytest.approx(sum(row[f"{basis}_rolling_years"]) / 2)
@@ -65,19 +56,19 @@ def test_judge_counts_each_rules_right_picks_and_the_halves():
     assert "rolling" not in judge(no_origins) and judge(no_origins)["valid 36 m"] == j["valid 36 m"]
 
 
-def test_bad_data_is_one_error_before_any_fit(tmp_path, design, capsys):
+def test_bad_data_is_one_error_before_any_fit(tmp_path, ten_year_design, capsys):
     out = tmp_path / "rows.jsonl"
     panel = tmp_path / "long.csv"
     panel.write_text("permno,date,ret,x1\n1,2000-01,0.01,0.5\n")
-    assert main(["--data", design, "--data", str(panel), "--jsonl", str(out)]) == 2
+    assert main(["--data", ten_year_design, "--data", str(panel), "--jsonl", str(out)]) == 2
     assert f"--data {panel}: not a planted panel" in capsys.readouterr().err
     assert not out.exists()  # the first panel was not fitted either
-    assert main(["--data", design, "--origins", "7", "--jsonl", str(out)]) == 2
+    assert main(["--data", ten_year_design, "--origins", "7", "--jsonl", str(out)]) == 2
     assert "10 years leave no training year before 7 origins" in capsys.readouterr().err
     assert not out.exists()
 
 
-def test_seed_reaches_every_fit_and_the_row(design, monkeypatch, tmp_path):
+def test_seed_reaches_every_fit_and_the_row(ten_year_design, monkeypatch, tmp_path):
     """`--seed` is the model seed of every fit (both bases, every rolling origin), and the
     JSON line records it, so rows of several seeds can be told apart."""
     import basis_choice
@@ -91,6 +82,6 @@ def test_seed_reaches_every_fit_and_the_row(design, monkeypatch, tmp_path):
 
     monkeypatch.setattr(basis_choice, "fit_scores", spy)
     out = tmp_path / "rows.jsonl"
-    assert main(["--data", design, "--origins", "1", "--seed", "3", "--jsonl", str(out)]) == 0
+    assert main(["--data", ten_year_design, "--origins", "1", "--seed", "3", "--jsonl", str(out)]) == 0
     assert seeds == [3] * 4  # two bases, each fitted once and at one rolling origin
     assert json.loads(out.read_text())["seed"] == 3

@@ -19,7 +19,6 @@ try:
 finally:
     sys.path.pop(0)
 
-TEN_YEARS = {"n_stocks": 200, "n_months": 120, "n_chars": 10, "seed": 0}
 FAST = {"epochs": 3}
 SPLIT = (6, 2, 2)
 
@@ -46,21 +45,14 @@ def test_choose_restart_takes_the_larger_mean_and_at_a_tstat_only_a_clear_margin
     assert choose_restart([nan, base], 2.0) == 1  # the first fit that scores is kept without a margin
 
 
-@pytest.fixture(scope="module")
-def design(tmp_path_factory):
-    path = tmp_path_factory.mktemp("design") / "ten.json"
-    path.write_text(json.dumps(TEN_YEARS))
-    return f"synthetic:{path}"
-
-
-def test_the_studys_fits_are_the_restarts_a_trial_makes_and_its_rule_keeps_the_fits_choice(design):
+def test_the_studys_fits_are_the_restarts_a_trial_makes_and_its_rule_keeps_the_fits_choice(ten_year_design):
     from rvrae.data.io import load_data
     from rvrae.data.panel import split_by_years
     from rvrae.models.registry import make_model
     from rvrae.study.trainable import resolved_config
 
-    panel = load_data(design)
-    rows = [fit_row(panel, design, "rvrae", FAST, seed=1, restart=i, split=SPLIT) for i in range(2)]
+    panel = load_data(ten_year_design)
+    rows = [fit_row(panel, ten_year_design, "rvrae", FAST, seed=1, restart=i, split=SPLIT) for i in range(2)]
     train, valid, _ = split_by_years(panel, *SPLIT)
     for tstat in (0.0, 2.0):
         model = make_model("rvrae", resolved_config("rvrae", {**FAST, "restarts": 2, "restart_tstat": tstat}))
@@ -101,9 +93,10 @@ def test_judge_scores_each_rules_kept_fits_against_restart_0():
     assert j["best on r̂ (the ceiling)"]["picks"] == [0, 1, 1]
 
 
-def test_the_study_resumes_from_its_rows_and_refuses_bad_options(design, tmp_path, capsys):
+def test_the_study_resumes_from_its_rows_and_refuses_bad_options(ten_year_design, tmp_path, capsys):
     rows = tmp_path / "rows.jsonl"
-    args = ["--data", design, "--seeds", "0", "--split", "6/2/2", "--configs", json.dumps(FAST), "--jsonl", str(rows)]
+    args = ["--data", ten_year_design, "--seeds", "0", "--split", "6/2/2", "--configs", json.dumps(FAST),
+            "--jsonl", str(rows)]  # fmt: skip
     assert main(args) == 0
     assert len(rows.read_text().splitlines()) == 2
     first = capsys.readouterr().out
@@ -114,5 +107,5 @@ def test_the_study_resumes_from_its_rows_and_refuses_bad_options(design, tmp_pat
     assert main(["--jsonl", str(rows)]) == 0  # judge the stored fits alone
     for bad, says in ((["--restarts", "1"], "--restarts must be >= 2"), (["--tstat", "0"], "--tstat"),
                       (["--configs", "[1]"], "expected a JSON object"), ([], "give --data")):  # fmt: skip
-        assert main(bad if not bad else ["--data", design, *bad]) == 2
+        assert main(bad if not bad else ["--data", ten_year_design, *bad]) == 2
         assert says in capsys.readouterr().err
