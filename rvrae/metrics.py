@@ -170,6 +170,14 @@ def icir(series) -> float:
     return float(s.mean() / sd) if sd > 0 else math.nan
 
 
+def paired_t(series, other) -> float:
+    """The t-statistic of the monthly differences `series` - `other` (two IC series over the
+    same months): icir of the differences times the square root of their finite months; NaN
+    under 2 months or without spread."""
+    d = _f64(series) - _f64(other)
+    return icir(d) * math.sqrt(np.isfinite(d).sum())
+
+
 def _nanmean(x) -> float:
     x = _f64(x)
     x = x[np.isfinite(x)]

@@ -60,12 +60,10 @@ def fit_scores(panel, model: str, split: tuple[int, int, int], seed: int = 0):
 
 def load_checked(spec: str, origins: int, test_years: int = 3):
     """The planted panel `spec`, with room for `origins` rolling origins before its test."""
-    from rvrae.data.io import load_data
+    from rvrae.data.io import load_planted
     from rvrae.errors import UserError
 
-    base = load_data(spec)
-    if "oracle" not in base.meta:
-        raise UserError(f"--data {spec}: not a planted panel (no oracle to judge by)")
+    base = load_planted(spec)
     if base.T // 12 - test_years - origins < 1:
         raise UserError(f"--data {spec}: {base.T // 12} years leave no training year before {origins} origins")
     return base

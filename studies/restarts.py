@@ -62,7 +62,7 @@ def fit_row(panel, spec: str, model: str, overrides: dict, seed: int, restart: i
         "test": rank_ic(fc.r_hat[m], panel.ret[m], panel.mask[m]),
         "true_test": true_rank_ic(fc.r_hat[m], oracle[m], panel.mask[m]),
         "r2_total": r2_total(panel.ret[m], fc.beta[m], fc.f_post[m], panel.mask[m]),
-        "epochs": len(getattr(fitted, "history_", []) or []), "seconds": seconds,
+        "epochs": len(fitted.history_), "seconds": seconds,
     }  # fmt: skip
 
 
@@ -108,18 +108,14 @@ def _scores(trials, picks) -> dict:
 def render(trials: list[list[dict]], tstats: list[float], console) -> None:
     from rich.table import Table
 
-    from rvrae.metrics import icir
+    from rvrae.metrics import paired_t
 
     t = Table(title="Each restart: validation Rank IC / test Rank IC against r̂ / realised; paired t of restart i − 0")
     for col in ("panel", "seed", *(f"restart {i}" for i in range(len(trials[0]))), "t vs 0"):
         t.add_column(col, justify="left" if col == "panel" else "right")
     for fits in trials:
         name = Path(fits[0]["panel"].partition(":")[2]).stem or fits[0]["panel"]
-        base = np.asarray(fits[0]["valid_series"], dtype=np.float64)
-        ts = []
-        for f in fits[1:]:
-            d = np.asarray(f["valid_series"], dtype=np.float64) - base
-            ts.append(f"{icir(d) * np.sqrt(np.isfinite(d).sum()):+.2f}")
+        ts = [f"{paired_t(f['valid_series'], fits[0]['valid_series']):+.2f}" for f in fits[1:]]
         t.add_row(name, str(fits[0]["seed"]), *(f"{f['valid']:.4f} / {f['true_test']:.3f} / {f['test']:.4f}" for f in fits),
                   ", ".join(ts))  # fmt: skip
     console.print(t)
@@ -135,7 +131,7 @@ def render(trials: list[list[dict]], tstats: list[float], console) -> None:
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from rvrae.data.io import load_data
+    from rvrae.data.io import load_planted
     from rvrae.errors import UserError
     from rvrae.models.base import NeuralConfig
     from rvrae.models.registry import get_spec, model_names
@@ -175,12 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-        panels = []
-        for spec in a.data:  # all checked before the first fit
-            panel = load_data(spec)
-            if "oracle" not in panel.meta:
-                raise UserError(f"--data {spec}: not a planted panel (no oracle to judge by)")
-            panels.append(panel)
+        panels = [load_planted(spec) for spec in a.data]  # all checked before the first fit
         rows = [json.loads(line) for line in open(a.jsonl)] if a.jsonl and Path(a.jsonl).exists() else []
         done = {(*_key(r), int(r["restart"])) for r in rows}
         for spec, panel in zip(a.data, panels):

@@ -57,6 +57,15 @@ def load_data(spec: str | os.PathLike, **opts) -> Panel:
     return load_panel(spec, **opts)
 
 
+def load_planted(spec: str) -> Panel:
+    """`load_data(spec)` for a study that judges against the truth: the panel must be planted
+    (`--data synthetic[:DESIGN.json]`, its oracle in `meta["oracle"]`), else one UserError."""
+    panel = load_data(spec)
+    if "oracle" not in panel.meta:
+        raise UserError(f"--data {spec}: not a planted panel (no oracle to judge by)")
+    return panel
+
+
 def load_panel(
     path: str | os.PathLike,
     alignment: str = "same_row",

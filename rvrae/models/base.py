@@ -495,20 +495,18 @@ def choose_restart(series: list[np.ndarray], tstat: float = 0.0) -> int | None:
     """The restart `NeuralFactorModel.fit` keeps, from each restart's monthly validation Rank
     ICs `series` (in restart order): the larger mean decides, the first of equal means stays,
     and with `tstat` > 0 a later restart replaces the kept one only where the paired
-    t-statistic of their monthly differences, icir(d) * sqrt(months), reaches `tstat`
+    t-statistic of their monthly differences (`rvrae.metrics.paired_t`) reaches `tstat`
     (`NeuralConfig.restart_tstat`; studies/FINDINGS.md, "Restarts chosen on validation").
     None where no restart has a finite score. studies/restarts.py judges the same rule."""
-    from rvrae.metrics import _nanmean, icir
+    from rvrae.metrics import _nanmean, paired_t
 
     best, index, kept = -np.inf, None, None
     for i, s in enumerate(series):
         score = _nanmean(s)
         if not (np.isfinite(score) and score > best):
             continue
-        if kept is not None and tstat > 0:
-            d = np.asarray(s, dtype=np.float64) - np.asarray(kept, dtype=np.float64)
-            if not icir(d) * np.sqrt(np.isfinite(d).sum()) >= tstat:  # NaN (< 2 months, no spread): no
-                continue
+        if kept is not None and tstat > 0 and not paired_t(s, kept) >= tstat:  # NaN: no
+            continue
         best, index, kept = score, i, s
     return index
 
