@@ -27,7 +27,7 @@ from scipy.stats import norm
 from rvrae.npx import ls_factors, tie_average_ranks
 
 TEST_METRICS = (
-    "r2_total", "r2_pred", "r2_forecast", "r2_beta", "ic", "icir", "rank_ic", "rank_icir",
+    "r2_total", "r2_pred", "r2_forecast", "r2_forecast_xs", "r2_beta", "ic", "icir", "rank_ic", "rank_icir",
     "sharpe", "sharpe_net", "turnover", "coverage90", "nll",
 )  # fmt: skip
 MIN_STOCKS = 10  # months with fewer stocks are skipped (SPEC §4)
@@ -45,6 +45,25 @@ def r2(ret, fitted, mask) -> float:
     e = r - _f64(fitted)[mask]
     den = float(np.sum(r * r))
     return float(1.0 - np.sum(e * e) / den) if den > 0 else math.nan
+
+
+def r2_cross_section(ret, fitted, mask) -> float:
+    """The part of `r2(ret, fitted, mask)` that the cross-section earns: with d and d̂ the
+    returns and the forecast less each month's equal-weighted mean over its live stocks,
+    (Σ d² − Σ (d − d̂)²) / Σ r². Within a month the errors split into the deviations' and
+    the mean's, so `r2` minus this is the part the month's level earns, Σ_t n_t (m_t² −
+    (m_t − m̂_t)²) / Σ r²: a forecast R² below zero is then read as the market's level
+    (timing) or the stocks' ranking (studies/FINDINGS.md, "The forecast's level and its
+    cross-section")."""
+    mask = np.asarray(mask, dtype=bool)
+    r, f = np.where(mask, _f64(ret), 0.0), np.where(mask, _f64(fitted), 0.0)
+    den = float(np.sum(r * r))
+    if den <= 0:
+        return math.nan
+    n = np.maximum(mask.sum(axis=1, keepdims=True), 1)
+    d = np.where(mask, r - r.sum(axis=1, keepdims=True) / n, 0.0)
+    e = np.where(mask, d - (f - f.sum(axis=1, keepdims=True) / n), 0.0)
+    return float((np.sum(d * d) - np.sum(e * e)) / den)
 
 
 def r2_total(ret, beta, f_post, mask) -> float:
@@ -286,6 +305,7 @@ def score(ret, mask, fc, lam, cost: float = COST, size=None) -> dict[str, float]
         "r2_total": r2_total(ret, fc.beta, fc.f_post, mask),
         "r2_pred": r2_pred(ret, fc.beta, lam, mask),
         "r2_forecast": r2(ret, fc.r_hat, mask),
+        "r2_forecast_xs": r2_cross_section(ret, fc.r_hat, mask),  # its cross-section's part
         "r2_beta": r2_beta(ret, fc.beta, mask),
         "ic": _nanmean(ic),
         "icir": icir(ic),

@@ -31,6 +31,28 @@ def test_r2_perfect_and_zero_forecast():
     assert M.r2(ret, np.zeros_like(ret), mask) == pytest.approx(0.0)
 
 
+def test_r2_cross_section_is_the_part_of_r2_without_each_months_level():
+    """r2 = (the level's part, by hand: Σ_t n_t (m_t² − (m_t − m̂_t)²) / Σ r²) + r2_cross_section;
+    a month's constant added to r̂ moves only the level's part; masked cells are ignored."""
+    ret, r_hat, mask = _panel(seed=4)
+    ret = ret + 0.05  # a level for the forecast to miss or catch
+    ret[~mask], r_hat[~mask] = np.nan, 1e6
+    xs = M.r2_cross_section(ret, r_hat, mask)
+    r, f = np.where(mask, ret, 0.0), np.where(mask, r_hat, 0.0)
+    n = mask.sum(axis=1)
+    m, m_hat = r.sum(axis=1) / n, f.sum(axis=1) / n
+    level = float(np.sum(n * (m**2 - (m - m_hat) ** 2)) / np.sum(r * r))
+    assert M.r2(ret, r_hat, mask) == pytest.approx(level + xs, abs=1e-12)
+    shift = np.random.default_rng(5).normal(0, 0.2, (len(ret), 1))
+    assert M.r2_cross_section(ret, r_hat + shift, mask) == pytest.approx(xs, abs=1e-12)
+    assert M.r2(ret, r_hat + shift, mask) != pytest.approx(M.r2(ret, r_hat, mask), abs=1e-6)
+    # a forecast of the month's level alone earns nothing in the cross-section
+    assert M.r2_cross_section(ret, np.repeat(m[:, None], ret.shape[1], axis=1), mask) == pytest.approx(0.0, abs=1e-12)
+    # one of the deviations exactly: the cross-section earns Σ d² / Σ r², whatever the level
+    d = np.where(mask, r - m[:, None], 0.0)
+    assert M.r2_cross_section(ret, d + 3.0, mask) == pytest.approx(float(np.sum(d * d) / np.sum(r * r)), abs=1e-12)
+
+
 def test_r2_total_and_pred_use_beta_times_factors():
     rng = np.random.default_rng(1)
     beta = rng.normal(size=(4, 12, 3))

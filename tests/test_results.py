@@ -88,7 +88,7 @@ GOLDEN_MD = """\
 | CA | 19.50(1.29) | 1.20(0.00)* | 4 |
 | RVRAE | **20.00(1.15)** | **1.50(0.12)** | 4 |
 
-Out-of-sample total R² (eq. 32) and predictive R² (eq. 33, β̂ times the prevailing mean of f̂_post), in percent; forecast R²: the model's own r̂; β-regression R²: each month's returns on β̂ by least squares (the ceiling of the factor path). Mean (std) over seeds; n = seeds; best per column in bold. * = paired t-test over seeds vs RVRAE (scipy.stats.ttest_rel, two-sided), p < 0.05.
+Out-of-sample total R² (eq. 32) and predictive R² (eq. 33, β̂ times the prevailing mean of f̂_post), in percent; forecast R²: the model's own r̂, and of it the part its cross-section earns (each month's mean taken out of r and r̂; the rest is the part the month's level earns); β-regression R²: each month's returns on β̂ by least squares (the ceiling of the factor path). Mean (std) over seeds; n = seeds; best per column in bold. * = paired t-test over seeds vs RVRAE (scipy.stats.ttest_rel, two-sided), p < 0.05.
 
 Produced by: data panel.parquet (fingerprint f00dfeed); split 15/3/3 years (train/valid/test); epochs capped at 4; configs: defaults; n = 12 trials; code abc123.
 

@@ -31,6 +31,7 @@ METRIC_LABELS = {
     "r2_total": ("Total R²", r"Total $R^2$"),
     "r2_pred": ("Predictive R²", r"Predictive $R^2$"),  # β · prevailing mean of the factors
     "r2_forecast": ("Forecast R²", r"Forecast $R^2$"),  # the model's own forecast r̂
+    "r2_forecast_xs": ("of it cross-section", "of it cross-section"),  # r2_cross_section: without the months' level
     "r2_beta": ("β-regression R²", r"$\beta$-regression $R^2$"),  # ceiling of the factor path
     "ic": ("IC", "IC"),
     "icir": ("ICIR", "ICIR"),
@@ -46,6 +47,7 @@ METRIC_LABELS = {
     "forecast_tstat": ("Forecast share t", "Forecast share $t$"),  # its validation t-statistic
     "forecast_factor_tstat": ("Factor AR(1) t", "Factor AR(1) $t$"),  # the largest factor's (forecast_test)
     "forecast_scale": ("Forecast scale c", "Forecast scale $c$"),  # its level (forecast_scale)
+    "forecast_level_scale": ("Level scale c_L", "Level scale $c_L$"),  # the month's mean's own c ("split")
     "prior_spread": ("Prior spread", "Prior spread"),  # std_t of the prior's mean / posterior's
     "sharpe": ("Sharpe", "Sharpe"),
     "sharpe_net": ("Sharpe (30 bps)", "Sharpe (30 bps)"),

@@ -47,7 +47,7 @@ ENSEMBLE = "seed ensemble"  # row label suffix of a model's seed-ensemble row (b
 # and the oracle's value is the ceiling. Not coverage (a target, 0.9), turnover, NLL, span_r2
 # or rank_ic_true (the oracle's is 1, so the value is its own share; rank_ic_true_w0/_w1 alike)
 # or provenance columns.
-SHARE_METRICS = ("r2_total", "r2_pred", "r2_forecast", "r2_beta", "ic", "icir", "rank_ic", "rank_icir",
+SHARE_METRICS = ("r2_total", "r2_pred", "r2_forecast", "r2_forecast_xs", "r2_beta", "ic", "icir", "rank_ic", "rank_icir",
                  "rank_ic_span", "rank_ic_w0", "rank_ic_w1", "sharpe", "sharpe_net")  # fmt: skip
 
 
@@ -78,7 +78,8 @@ DYNAMIC_CAPTION = ("Each model with a dynamic factor forecast (its AR(1) or prio
                    "(vs true E[r]). The dynamic forecast has skill where vs true E[r] rises from w=0 to w=1; a "
                    "realised rise that the truth does not show is the test years' factor surprises.")  # fmt: skip
 # diagnostics of a fit, not scores: never best, never starred against RVRAE's
-NO_BEST = ("forecast_weight", "forecast_tstat", "forecast_factor_tstat", "forecast_scale", "prior_spread")
+NO_BEST = ("forecast_weight", "forecast_tstat", "forecast_factor_tstat", "forecast_scale", "forecast_level_scale",
+           "prior_spread")
 
 
 def best_mask(metric: str, means: pd.Series) -> pd.Series:
@@ -224,11 +225,13 @@ def _benchmark(ok: pd.DataFrame) -> list[Table]:
     tables = []
     zero = ok[ok["m"] == 0] if (ok["m"] == 0).any() else ok
     if _has(zero, "r2_total") or _has(zero, "r2_pred"):
-        cols = [c for c in ("r2_total", "r2_pred", "r2_forecast", "r2_beta") if _has(zero, c)]
+        cols = [c for c in ("r2_total", "r2_pred", "r2_forecast", "r2_forecast_xs", "r2_beta") if _has(zero, c)]
         tables.append(_mean_std_table(
             zero, "benchmark", cols, "Table I: total and predictive R²",
             "Out-of-sample total R² (eq. 32) and predictive R² (eq. 33, β̂ times the "
-            "prevailing mean of f̂_post), in percent; forecast R²: the model's own r̂; "
+            "prevailing mean of f̂_post), in percent; forecast R²: the model's own r̂, and of it "
+            "the part its cross-section earns (each month's mean taken out of r and r̂; the rest "
+            "is the part the month's level earns); "
             "β-regression R²: each month's returns on β̂ by least squares (the ceiling of the "
             "factor path).",
             "table1", scale={c: 100.0 for c in cols},
