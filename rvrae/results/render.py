@@ -31,7 +31,7 @@ METRIC_LABELS = {
     "r2_total": ("Total R²", r"Total $R^2$"),
     "r2_pred": ("Predictive R²", r"Predictive $R^2$"),  # β · prevailing mean of the factors
     "r2_forecast": ("Forecast R²", r"Forecast $R^2$"),  # the model's own forecast r̂
-    "r2_forecast_xs": ("of it cross-section", "of it cross-section"),  # r2_cross_section: without the months' level
+    "r2_forecast_xs": ("Forecast R², cross-section", r"Forecast $R^2$, cross-section"),  # r2_cross_section: without the months' level
     "r2_beta": ("β-regression R²", r"$\beta$-regression $R^2$"),  # ceiling of the factor path
     "ic": ("IC", "IC"),
     "icir": ("ICIR", "ICIR"),
