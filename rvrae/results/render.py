@@ -47,7 +47,6 @@ METRIC_LABELS = {
     "forecast_tstat": ("Forecast share t", "Forecast share $t$"),  # its validation t-statistic
     "forecast_factor_tstat": ("Factor AR(1) t", "Factor AR(1) $t$"),  # the largest factor's (forecast_test)
     "forecast_scale": ("Forecast scale c", "Forecast scale $c$"),  # its level (forecast_scale)
-    "forecast_level_scale": ("Level scale c_L", "Level scale $c_L$"),  # the month's mean's own c ("split")
     "prior_spread": ("Prior spread", "Prior spread"),  # std_t of the prior's mean / posterior's
     "sharpe": ("Sharpe", "Sharpe"),
     "sharpe_net": ("Sharpe (30 bps)", "Sharpe (30 bps)"),

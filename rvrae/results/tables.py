@@ -78,8 +78,7 @@ DYNAMIC_CAPTION = ("Each model with a dynamic factor forecast (its AR(1) or prio
                    "(vs true E[r]). The dynamic forecast has skill where vs true E[r] rises from w=0 to w=1; a "
                    "realised rise that the truth does not show is the test years' factor surprises.")  # fmt: skip
 # diagnostics of a fit, not scores: never best, never starred against RVRAE's
-NO_BEST = ("forecast_weight", "forecast_tstat", "forecast_factor_tstat", "forecast_scale", "forecast_level_scale",
-           "prior_spread")
+NO_BEST = ("forecast_weight", "forecast_tstat", "forecast_factor_tstat", "forecast_scale", "prior_spread")
 
 
 def best_mask(metric: str, means: pd.Series) -> pd.Series:
