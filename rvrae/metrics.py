@@ -47,6 +47,13 @@ def r2(ret, fitted, mask) -> float:
     return float(1.0 - np.sum(e * e) / den) if den > 0 else math.nan
 
 
+def _demean(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """x less each month's (row's) mean over its masked entries, 0 outside the mask; x is 0
+    outside the mask already."""
+    n = np.maximum(mask.sum(axis=1), 1)
+    return np.where(mask, x - (x.sum(1) / n)[:, None], 0.0)
+
+
 def r2_cross_section(ret, fitted, mask) -> float:
     """The part of `r2(ret, fitted, mask)` that the cross-section earns: with d and d̂ the
     returns and the forecast less each month's equal-weighted mean over its live stocks,
@@ -60,9 +67,8 @@ def r2_cross_section(ret, fitted, mask) -> float:
     den = float(np.sum(r * r))
     if den <= 0:
         return math.nan
-    n = np.maximum(mask.sum(axis=1, keepdims=True), 1)
-    d = np.where(mask, r - r.sum(axis=1, keepdims=True) / n, 0.0)
-    e = np.where(mask, d - (f - f.sum(axis=1, keepdims=True) / n), 0.0)
+    d = _demean(r, mask)
+    e = d - _demean(f, mask)
     return float((np.sum(d * d) - np.sum(e * e)) / den)
 
 
@@ -167,11 +173,8 @@ def ic_series(r_hat, ret, mask, rank: bool = False, min_stocks: int = MIN_STOCKS
     if rank:
         x, y = _ranks(x, mask), _ranks(y, mask)
     cnt = mask.sum(axis=1)
-    safe = np.maximum(cnt, 1)
-    x = np.where(mask, x, 0.0)
-    y = np.where(mask, y, 0.0)
-    xc = np.where(mask, x - (x.sum(1) / safe)[:, None], 0.0)
-    yc = np.where(mask, y - (y.sum(1) / safe)[:, None], 0.0)
+    xc = _demean(np.where(mask, x, 0.0), mask)
+    yc = _demean(np.where(mask, y, 0.0), mask)
     den = np.sqrt((xc * xc).sum(1) * (yc * yc).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):
         out = (xc * yc).sum(1) / den
