@@ -9,7 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from rvrae.errors import UserError
-from rvrae.study.runner import StudyOptions, autoscaling_maxima, plan_resources, resolve_address, reuse_actors, waiting_note
+from rvrae.study.runner import (
+    StudyOptions, autoscaling_maxima, idle_note, plan_resources, resolve_address, reuse_actors, waiting_note,
+)
 
 
 class _Stop(Exception):
@@ -113,6 +115,28 @@ def test_a_head_without_workers_plans_for_growth_and_waits():
         plan_resources(StudyOptions(study="robustness", models=["ipca"], gpus_per_trial=8), grow, shapes)
     with pytest.raises(UserError, match="no CPUs"):
         plan_resources(opts, {"CPU": 0.0}, [{"CPU": 0.0}])
+
+
+def test_a_gpu_share_that_leaves_most_cpus_idle_says_how_to_use_them():
+    opts = StudyOptions(study="robustness", models=["rvrae"])
+    box = {"CPU": 16.0, "GPU": 1.0}  # one GPU box: the default share runs 4 trials on 4 of 16 CPUs
+    cpus, gpus, conc = plan_resources(opts, box)
+    assert (cpus, gpus, conc) == (1.0, 0.25, 4)
+    note = idle_note(opts, cpus, gpus, conc, box)
+    assert "4 trials at a time (0.25 GPU each) use 4 of 16 CPUs" in note
+    assert "--cpus-per-trial 4" in note and "--gpus-per-trial 0.0625" in note and "--gpus-per-trial 0)" in note
+    # Two GPUs, 32 CPUs: 8 trials; 32 at once need a share of 2/32 each, and 4 CPUs fill the node.
+    two = {"CPU": 32.0, "GPU": 2.0}
+    note = idle_note(opts, *plan_resources(opts, two), two)
+    assert "8 trials at a time (0.25 GPU each) use 8 of 32 CPUs" in note
+    assert "--cpus-per-trial 4" in note and "--gpus-per-trial 0.0625" in note
+    # Balanced (the cluster's 3 CPU + 0.25 GPU on 48-CPU, 4-GPU nodes), CPU-only, or resources the
+    # user chose: no note.
+    assert idle_note(opts, 3.0, 0.25, 64, {"CPU": 196.0, "GPU": 16.0}) is None
+    assert idle_note(opts, 1.0, 0.25, 4, {"CPU": 6.0, "GPU": 1.0}) is None
+    assert idle_note(opts, 1.0, 0.0, 4, {"CPU": 16.0}) is None
+    for chosen in ({"gpus_per_trial": 0.25}, {"max_concurrent": 4}):
+        assert idle_note(StudyOptions(study="robustness", models=["rvrae"], **chosen), 1.0, 0.25, 4, box) is None
 
 
 def test_progress_line_says_when_trials_wait():
