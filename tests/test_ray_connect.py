@@ -4,6 +4,7 @@ a silent local fallback, and concurrency follows what the cluster can grow to.""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -148,3 +149,29 @@ def test_progress_line_says_when_trials_wait():
     assert "2 waiting for resources" in live._render().plain
     live.on_step_end(1, [SimpleNamespace(status="RUNNING")])
     assert "waiting" not in live._render().plain
+
+
+def test_ray_start_records_are_held_for_the_study_log_and_the_handlers_restored(tmp_path):
+    from rvrae.study.runner import _quiet_ray, holding_ray_logs
+
+    names = ("ray", "ray.tune", "ray.train", "ray.data", "optuna")
+    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in names}
+    ray_log = logging.getLogger("ray")
+    try:
+        with holding_ray_logs(True) as held:
+            assert ray_log.propagate is False and len(ray_log.handlers) == 1  # nothing reaches the terminal
+            logging.getLogger("ray._private.authentication").warning("Token authentication is enabled")
+        assert [r.getMessage() for r in held] == ["Token authentication is enabled"]
+        assert (list(ray_log.handlers), ray_log.propagate) == saved["ray"]  # restored
+        with pytest.raises(UserError), holding_ray_logs(True):  # ... also when the start is refused
+            raise UserError("cannot attach")
+        assert (list(ray_log.handlers), ray_log.propagate) == saved["ray"]
+        with holding_ray_logs(False) as verbose:  # --verbose: Ray's own handlers, nothing held
+            assert list(ray_log.handlers) == saved["ray"][0]
+            logging.getLogger("ray.x").debug("shown by Ray's handlers")
+        assert verbose == []
+        _quiet_ray(tmp_path / "study.log", held)
+        assert "ray._private.authentication WARNING Token authentication is enabled" in (tmp_path / "study.log").read_text()
+    finally:
+        for n, (handlers, propagate) in saved.items():
+            logging.getLogger(n).handlers, logging.getLogger(n).propagate = handlers, propagate

@@ -13,6 +13,7 @@ still before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -385,10 +386,41 @@ def idle_note(opts: StudyOptions, cpus: float, gpus: float, conc: int, capacity:
             "hundred stocks, CPU trials (--gpus-per-trial 0) ran fastest (README, \"On a GPU\")")
 
 
-def _quiet_ray(log_file: Path) -> None:
-    """Ray's and Tune's driver-side logs go to a file under the out dir (not --verbose)."""
+class _Held(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def holding_ray_logs(hold: bool):
+    """Ray's driver-side records while Ray starts (Ray 2.60 warns "Token authentication is
+    enabled ..." at every private start) are held, not printed, and go to the study's log file
+    once it exists (`_quiet_ray`): a study prints its own lines only (not --verbose). Yields the
+    held records; the "ray" logger's handlers are restored on the way out, refusal or not."""
+    held = _Held()
+    if not hold:
+        yield held.records
+        return
+    lg = logging.getLogger("ray")
+    before = lg.handlers, lg.propagate
+    lg.handlers, lg.propagate = [held], False
+    try:
+        yield held.records
+    finally:
+        lg.handlers, lg.propagate = before
+
+
+def _quiet_ray(log_file: Path, held: list[logging.LogRecord] = ()) -> None:
+    """Ray's and Tune's driver-side logs go to a file under the out dir (not --verbose), the
+    records held while Ray started (`holding_ray_logs`) first."""
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for record in held:
+        handler.handle(record)
     for name in ("ray", "ray.tune", "ray.train", "ray.data", "optuna"):
         lg = logging.getLogger(name)
         lg.handlers = [handler]
@@ -449,7 +481,8 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
     out = Path(opts.out).resolve()
     lock = lock_out(out)  # one study per folder at a time; before Ray, so a refusal starts nothing
     try:
-        started = connect(opts.address, opts.verbose)
+        with holding_ray_logs(not opts.verbose) as held:
+            started = connect(opts.address, opts.verbose)
         try:
             capacity, shapes, now = cluster_capacity()
             cpus, gpus, conc = plan_resources(opts, capacity, shapes)
@@ -467,7 +500,7 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
         out.mkdir(parents=True, exist_ok=True)
         (out / "_logs").mkdir(exist_ok=True)
         if not opts.verbose:
-            _quiet_ray(out / "_logs" / f"{opts.study}.log")
+            _quiet_ray(out / "_logs" / f"{opts.study}.log", held)
             os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter honours verbose=0
         # Tune's own CSV / JSON / TensorBoard result loggers duplicate what the Parquet sink
         # records and cost time on every report: off unless the user asked for them.
