@@ -151,27 +151,40 @@ def test_progress_line_says_when_trials_wait():
     assert "waiting" not in live._render().plain
 
 
-def test_ray_start_records_are_held_for_the_study_log_and_the_handlers_restored(tmp_path):
-    from rvrae.study.runner import _quiet_ray, holding_ray_logs
+def test_ray_start_records_are_held_for_the_study_log_and_the_handlers_restored(tmp_path, monkeypatch):
+    import ray
+
+    from rvrae.study import runner
 
     names = ("ray", "ray.tune", "ray.train", "ray.data", "optuna")
     saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in names}
     ray_log = logging.getLogger("ray")
+    seen_at_init = []
+
+    def init(**kwargs):  # what Ray 2.60's ray.init does at every private start
+        seen_at_init.append((list(ray_log.handlers), ray_log.propagate))
+        logging.getLogger("ray._private.authentication").warning("Token authentication is enabled")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     try:
-        with holding_ray_logs(True) as held:
-            assert ray_log.propagate is False and len(ray_log.handlers) == 1  # nothing reaches the terminal
-            logging.getLogger("ray._private.authentication").warning("Token authentication is enabled")
-        assert [r.getMessage() for r in held] == ["Token authentication is enabled"]
-        assert (list(ray_log.handlers), ray_log.propagate) == saved["ray"]  # restored
-        with pytest.raises(UserError), holding_ray_logs(True):  # ... also when the start is refused
+        assert runner.connect(None, verbose=False) is True
+        handlers, propagate = seen_at_init[0]
+        assert propagate is False and handlers != saved["ray"][0]  # nothing reached the terminal ...
+        assert [r.getMessage() for r in runner._HELD_AT_START] == ["Token authentication is enabled"]
+        assert (list(ray_log.handlers), ray_log.propagate) == saved["ray"]  # ... and Ray's handlers are back
+        runner._quiet_ray(tmp_path / "study.log")  # the study's log file gets them, once
+        assert "ray._private.authentication WARNING Token authentication is enabled" in (tmp_path / "study.log").read_text()
+        assert runner._HELD_AT_START == []
+        for n, (h, p) in saved.items():
+            logging.getLogger(n).handlers, logging.getLogger(n).propagate = h, p
+        with pytest.raises(UserError), runner.holding_ray_logs(True):  # restored when a start is refused
             raise UserError("cannot attach")
         assert (list(ray_log.handlers), ray_log.propagate) == saved["ray"]
-        with holding_ray_logs(False) as verbose:  # --verbose: Ray's own handlers, nothing held
-            assert list(ray_log.handlers) == saved["ray"][0]
-            logging.getLogger("ray.x").debug("shown by Ray's handlers")
-        assert verbose == []
-        _quiet_ray(tmp_path / "study.log", held)
-        assert "ray._private.authentication WARNING Token authentication is enabled" in (tmp_path / "study.log").read_text()
+        assert runner.connect(None, verbose=True) is True  # --verbose: Ray's own handlers, nothing held
+        assert seen_at_init[1] == saved["ray"] and runner._HELD_AT_START == []
     finally:
+        runner._HELD_AT_START.clear()
         for n, (handlers, propagate) in saved.items():
             logging.getLogger(n).handlers, logging.getLogger(n).propagate = handlers, propagate

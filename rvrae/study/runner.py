@@ -224,6 +224,38 @@ def reuse_actors(opts) -> bool:
     return resolve_address(opts.address) == "local"
 
 
+_HELD_AT_START: list[logging.LogRecord] = []  # connect's held records, for the next study's log file
+
+
+class _Held(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def holding_ray_logs(hold: bool):
+    """Ray's driver-side records while Ray starts (Ray 2.60 warns "Token authentication is
+    enabled ..." at every private start) are held, not printed, and go to the study's log file
+    once it exists (`_quiet_ray`): a study prints its own lines only (not --verbose). Yields the
+    held records (`connect` keeps them in `_HELD_AT_START`); the "ray" logger's handlers are
+    restored on the way out, refusal or not."""
+    held = _Held()
+    if not hold:
+        yield held.records
+        return
+    lg = logging.getLogger("ray")
+    before = lg.handlers, lg.propagate
+    lg.handlers, lg.propagate = [held], False
+    try:
+        yield held.records
+    finally:
+        lg.handlers, lg.propagate = before
+
+
 def ray_init_kwargs(address: str | None = None, verbose: bool = False) -> dict:
     """The `ray.init` arguments of `connect`: attach to `address` ("auto" or host:port), or
     (None / "local") start a private local instance WITHOUT a dashboard, so no HTTP endpoint is
@@ -248,11 +280,15 @@ def connect(address: str | None, verbose: bool) -> bool:
         return False
     target = resolve_address(address)
     if target == "local":
-        ray.init(**ray_init_kwargs("local", verbose))
+        with holding_ray_logs(not verbose) as held:
+            ray.init(**ray_init_kwargs("local", verbose))
+        _HELD_AT_START.extend(held)
         return True
     named = f"--address {target}" if address else f"RAY_ADDRESS={target}"
     try:
-        ray.init(**ray_init_kwargs(target, verbose))
+        with holding_ray_logs(not verbose) as held:
+            ray.init(**ray_init_kwargs(target, verbose))
+        _HELD_AT_START.extend(held)
     except (ConnectionError, ValueError, RuntimeError) as e:
         hint = " (`ray start --head` starts one; leave --address out for a private local Ray)" if target == "auto" else ""
         raise UserError(f"{named}: cannot attach to a Ray cluster{hint}: {str(e).splitlines()[0] if str(e) else e!r}") from None
@@ -386,41 +422,14 @@ def idle_note(opts: StudyOptions, cpus: float, gpus: float, conc: int, capacity:
             "hundred stocks, CPU trials (--gpus-per-trial 0) ran fastest (README, \"On a GPU\")")
 
 
-class _Held(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextlib.contextmanager
-def holding_ray_logs(hold: bool):
-    """Ray's driver-side records while Ray starts (Ray 2.60 warns "Token authentication is
-    enabled ..." at every private start) are held, not printed, and go to the study's log file
-    once it exists (`_quiet_ray`): a study prints its own lines only (not --verbose). Yields the
-    held records; the "ray" logger's handlers are restored on the way out, refusal or not."""
-    held = _Held()
-    if not hold:
-        yield held.records
-        return
-    lg = logging.getLogger("ray")
-    before = lg.handlers, lg.propagate
-    lg.handlers, lg.propagate = [held], False
-    try:
-        yield held.records
-    finally:
-        lg.handlers, lg.propagate = before
-
-
-def _quiet_ray(log_file: Path, held: list[logging.LogRecord] = ()) -> None:
+def _quiet_ray(log_file: Path) -> None:
     """Ray's and Tune's driver-side logs go to a file under the out dir (not --verbose), the
     records held while Ray started (`holding_ray_logs`) first."""
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for record in held:
+    for record in _HELD_AT_START:
         handler.handle(record)
+    _HELD_AT_START.clear()
     for name in ("ray", "ray.tune", "ray.train", "ray.data", "optuna"):
         lg = logging.getLogger(name)
         lg.handlers = [handler]
@@ -481,8 +490,7 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
     out = Path(opts.out).resolve()
     lock = lock_out(out)  # one study per folder at a time; before Ray, so a refusal starts nothing
     try:
-        with holding_ray_logs(not opts.verbose) as held:
-            started = connect(opts.address, opts.verbose)
+        started = connect(opts.address, opts.verbose)
         try:
             capacity, shapes, now = cluster_capacity()
             cpus, gpus, conc = plan_resources(opts, capacity, shapes)
@@ -500,7 +508,7 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
         out.mkdir(parents=True, exist_ok=True)
         (out / "_logs").mkdir(exist_ok=True)
         if not opts.verbose:
-            _quiet_ray(out / "_logs" / f"{opts.study}.log", held)
+            _quiet_ray(out / "_logs" / f"{opts.study}.log")
             os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter honours verbose=0
         # Tune's own CSV / JSON / TensorBoard result loggers duplicate what the Parquet sink
         # records and cost time on every report: off unless the user asked for them.
