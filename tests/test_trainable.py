@@ -40,6 +40,23 @@ def test_train_trial_refuses_a_gpu_share_it_cannot_use(tiny_panel, monkeypatch):
     assert reports == []  # nothing ran on the CPU in its place
 
 
+def test_a_row_says_where_its_model_computed(tiny_panel, monkeypatch):
+    import ray
+
+    # A trial holding a GPU (Ray's view faked): IPCA's ALS runs in numpy whatever it holds.
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Ctx", (), {"get_node_id": lambda self: "n"})())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    reports = []
+    train_trial(_config("ipca"), tiny_panel, report=reports.append)
+    assert reports[-1]["device"] == "cpu" and reports[-1]["r2_total"] == reports[-1]["r2_total"]
+    from rvrae.models.registry import make_model, model_names
+
+    # The neural models train where the trial's device is; only IPCA keeps to the CPU.
+    assert [n for n in model_names() if not make_model(n).uses_device] == ["ipca"]
+
+
 @pytest.mark.parametrize("field", ["beta", "f_post", "r_hat"])
 def test_non_finite_outputs_are_errors(field, tiny_panel, monkeypatch):
     from rvrae.models import registry

@@ -66,6 +66,7 @@ def config_from_dict(config_cls: type, values: dict | Any | None, model: str = "
 class FactorModel(ABC):
     name: ClassVar[str]
     Config: ClassVar[type]
+    uses_device: ClassVar[bool] = True  # False: computes on the CPU whatever `fit` is given
 
     def __init__(self, config=None):
         self.config = config_from_dict(self.Config, config, getattr(self, "name", ""))

@@ -191,6 +191,7 @@ def _rows(panel: Panel, months: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 class IPCA(FactorModel):
     name = "ipca"
     Config = Config
+    uses_device = False  # float64 ALS in numpy
 
     def fit(self, train: Panel, valid: Panel, seed=0, device="cpu", progress=None):
         """ALS on the training months (deterministic: `seed` and `device` do not matter; the

@@ -210,6 +210,8 @@ def train_trial(config: dict, panel, report=None) -> None:
     if config.get("hook") is not None:  # tests only (fault injection): see the module docstring
         train = config["hook"](train, config)
     model = make_model(config["model"], model_config(config))
+    if not getattr(model, "uses_device", True):
+        meta["device"] = "cpu"  # the row says where the model computed, not what the trial held
 
     epochs = [0]
 
