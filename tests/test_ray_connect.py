@@ -136,7 +136,7 @@ def test_a_gpu_share_that_leaves_most_cpus_idle_says_how_to_use_them():
     assert idle_note(opts, 3.0, 0.25, 64, {"CPU": 196.0, "GPU": 16.0}) is None
     assert idle_note(opts, 1.0, 0.25, 4, {"CPU": 6.0, "GPU": 1.0}) is None
     assert idle_note(opts, 1.0, 0.0, 4, {"CPU": 16.0}) is None
-    for chosen in ({"gpus_per_trial": 0.25}, {"max_concurrent": 4}):
+    for chosen in ({"gpus_per_trial": 0.25}, {"max_concurrent": 4}, {"resource_flags": False}):  # the last: the demo
         assert idle_note(StudyOptions(study="robustness", models=["rvrae"], **chosen), 1.0, 0.25, 4, box) is None
 
 

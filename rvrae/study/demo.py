@@ -53,7 +53,7 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 8, 
     console = console or Console()
     models = models or model_names()
     base = dict(models=models, out=Path(out), seeds=seeds, epochs=epochs, verbose=verbose,
-                resume=True, address="local", split=DEMO_SPLIT,
+                resume=True, address="local", split=DEMO_SPLIT, resource_flags=False,
                 configs={k: v for k, v in DEMO_CONFIGS.items() if k in models})
     plans = [StudyOptions(study="benchmark", m=[0], **base), StudyOptions(study="robustness", m=DEMO_M, **base)]
     synth = make_synthetic(SynthConfig(**DEMO_SYNTH))

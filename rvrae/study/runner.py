@@ -58,6 +58,7 @@ class StudyOptions:
     scheduler: str = "none"  # tune: "asha" stops hopeless trials on their per-epoch valid_loss
     forecasts: bool = True  # store every trial's forecasts beside its row (rvrae.results.forecasts)
     squares: bool = False  # --squares: each characteristic's centred squared rank joins the panel (Panel.with_squares)
+    resource_flags: bool = True  # the caller takes --cpus/--gpus-per-trial (the demo does not): idle_note's hint
 
 
 @dataclass
@@ -410,7 +411,7 @@ def idle_note(opts: StudyOptions, cpus: float, gpus: float, conc: int, capacity:
     trials of the largest models fit a 24 GB GPU. But a panel of a few hundred stocks is bound
     by the CPU that launches its kernels: on one H200 with 16 CPUs, 16 CPU trials ran about 2.4x the
     epochs per second of the default's 4 GPU trials (README, "On a GPU")."""
-    if gpus <= 0 or opts.gpus_per_trial is not None or opts.max_concurrent is not None:
+    if gpus <= 0 or not opts.resource_flags or opts.gpus_per_trial is not None or opts.max_concurrent is not None:
         return None
     total = float(capacity.get("CPU", 0))
     used = conc * cpus
