@@ -38,7 +38,7 @@ def test_a_study_on_a_planted_design(ray_session, tmp_path, capsys):
     res = tmp_path / ("a_results_folder_whose_path_is_longer_than_a_console_line_" + "x" * 30)
     assert _bench(f"synthetic:{design}", res, "3/1/1", 1, resume=False) == 0
     # the summary is one line, path whole, whatever the console's width (a pipe's is 80)
-    assert f"benchmark: 1 trials written to {res};" in capsys.readouterr().out.splitlines()[-1]
+    assert f"benchmark: 1 trial written to {res};" in capsys.readouterr().out.splitlines()[-1]
     df = read_results(res, "benchmark")
     assert len(df) == 1 and df["status"].iloc[0] == "ok"
     assert df["data_source"].iloc[0].startswith("synthetic(seed=4, n_stocks=60, n_months=60, n_chars=5, n_factors=2")
@@ -59,7 +59,7 @@ def test_resume_with_other_data_or_split_runs_those_cells(ray_session, tiny_data
     assert _bench(second_data_file, out, "2/1/1", 3) == 0
     assert "3 trials written" in capsys.readouterr().out  # seed 0 of p2 at 2/1/1 is a new cell
     assert _bench(tiny_data_file, out, "2/1/1", 1) == 0  # same data, other split: runs
-    assert "1 trials written" in capsys.readouterr().out
+    assert "1 trial written" in capsys.readouterr().out
     assert _bench(tiny_data_file, out, "3/1/1", 1) == 0  # exactly this identity: nothing runs
     assert "0 trials written" in capsys.readouterr().out
 
@@ -161,7 +161,7 @@ def test_squares_are_another_panel_for_resume_and_the_tables(ray_session, tiny_d
     args = ["--data", str(tiny_data_file), "--models", "ipca", "--seeds", "1", "--split", "3/1/1",
             "--out", str(out), "--resume", "--squares"]  # fmt: skip
     assert study_main("benchmark", args) == 0
-    assert "1 trials written" in capsys.readouterr().out  # not "already there": other inputs
+    assert "1 trial written" in capsys.readouterr().out  # not "already there": other inputs
     df = read_results(out, "benchmark").sort_values("data_source")
     assert len(df) == 2 and set(df["status"]) == {"ok"} and df["data_fingerprint"].nunique() == 2
     assert df["data_source"].iloc[1] == df["data_source"].iloc[0] + " +squares"

@@ -143,7 +143,7 @@ def main(study: str, argv: list[str] | None = None, console=None) -> int:
     except SystemExit as e:  # --help
         return int(e.code or 0)
     console.print(
-        f"{study}: {len(run.rows)} trials written to {run.out}"
+        f"{study}: {len(run.rows)} trial{'' if len(run.rows) == 1 else 's'} written to {run.out}"
         + (f" ({run.skipped} cells already there)" if run.skipped else "")
         + (" (restored)" if run.restored else "")
         + f"; {run.cpus_per_trial:g} CPU, {run.gpus_per_trial:g} GPU per trial, {run.max_concurrent} at a time",
