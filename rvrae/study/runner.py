@@ -240,21 +240,22 @@ class _Held(logging.Handler):
 @contextlib.contextmanager
 def holding_ray_logs(hold: bool):
     """Ray's driver-side records while Ray starts (Ray 2.60 warns "Token authentication is
-    enabled ..." at every private start) are held, not printed, and go to the study's log file
-    once it exists (`_quiet_ray`): a study prints its own lines only (not --verbose). Yields the
-    held records (`connect` keeps them in `_HELD_AT_START`); the "ray" logger's handlers are
-    restored on the way out, refusal or not."""
-    held = _Held()
+    enabled ..." at every private start) are held, not printed, and kept in `_HELD_AT_START`
+    once the start succeeds; the next study's log file gets them (`_quiet_ray`), so a study
+    prints its own lines only (not --verbose). The "ray" logger's handlers are restored on the
+    way out, refusal or not."""
     if not hold:
-        yield held.records
+        yield
         return
+    held = _Held()
     lg = logging.getLogger("ray")
     before = lg.handlers, lg.propagate
     lg.handlers, lg.propagate = [held], False
     try:
-        yield held.records
+        yield
     finally:
         lg.handlers, lg.propagate = before
+    _HELD_AT_START.extend(held.records)  # not reached when the start raised
 
 
 def ray_init_kwargs(address: str | None = None, verbose: bool = False) -> dict:
@@ -281,15 +282,13 @@ def connect(address: str | None, verbose: bool) -> bool:
         return False
     target = resolve_address(address)
     if target == "local":
-        with holding_ray_logs(not verbose) as held:
+        with holding_ray_logs(not verbose):
             ray.init(**ray_init_kwargs("local", verbose))
-        _HELD_AT_START.extend(held)
         return True
     named = f"--address {target}" if address else f"RAY_ADDRESS={target}"
     try:
-        with holding_ray_logs(not verbose) as held:
+        with holding_ray_logs(not verbose):
             ray.init(**ray_init_kwargs(target, verbose))
-        _HELD_AT_START.extend(held)
     except (ConnectionError, ValueError, RuntimeError) as e:
         hint = " (`ray start --head` starts one; leave --address out for a private local Ray)" if target == "auto" else ""
         raise UserError(f"{named}: cannot attach to a Ray cluster{hint}: {str(e).splitlines()[0] if str(e) else e!r}") from None
