@@ -115,6 +115,14 @@ def test_rescoring_at_another_cost_and_the_omitted_scores(ray_session, tiny_pane
     same = scores(fc, n)
     for k in ("omitted_rank_ic", "omitted_rank_icir", "sharpe_net", "valid_ic"):
         assert same[k] == pytest.approx(row[k], rel=1e-12), k
+    # valid_* leave the omitted stocks out, as the fit did (SPEC §2.3): the same as scoring
+    # the validation rows without them, and not the same as scoring every stock
+    valid = fc[fc["split"] == "valid"]
+    kept = scores(valid[~valid["omitted"]], n, parts=("valid_",))
+    every = scores(valid.assign(omitted=False), n, parts=("valid_",))
+    for k in ("valid_ic", "valid_rank_ic", "valid_r2_pred"):
+        tol = R2_RTOL if "r2_" in k else 1e-12
+        assert row[k] == pytest.approx(kept[k], rel=tol) and row[k] != pytest.approx(every[k], rel=1e-6), k
     free = scores(fc, n, cost=0.0)
     assert free["sharpe_net"] == pytest.approx(row["sharpe"], rel=1e-12)  # no cost: net = gross
     assert free["turnover"] == same["turnover"]

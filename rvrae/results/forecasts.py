@@ -191,7 +191,12 @@ def scores(df: pd.DataFrame, n_stocks: int, cost: float = COST, weighting: str =
         if only_omitted and not sub["omitted"].any():
             continue
         d = _dense(sub, n_stocks)
-        mask = d["mask"] & d["omitted"] if only_omitted else d["mask"]
+        if only_omitted:
+            mask = d["mask"] & d["omitted"]
+        elif split == "valid":  # the omitted stocks were removed from valid (SPEC §2.3)
+            mask = d["mask"] & ~d["omitted"]
+        else:
+            mask = d["mask"]
         fc = _Fitted(d)
         size = d.get("size") if weighting == "value" else None
         s = score(d["ret"], mask, fc, fc.lam, cost=cost, size=size)

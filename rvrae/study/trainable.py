@@ -4,7 +4,7 @@ The panel arrives through the object store (`tune.with_parameters(train_trial, p
 loaded once per study. A trial splits it (15/3/3 years by default), omits m stocks from train
 and valid (same set for every model, SPEC §2.3), fits the model with a per-epoch
 `ray.tune.report`, predicts ONCE over all months on the full panel and scores the valid months
-(`valid_*`), the test months and, when m > 0, the omitted stocks in the test months
+(`valid_*`, without the omitted stocks), the test months and, when m > 0, the omitted stocks in the test months
 (`omitted_*`). λ of R²_pred is the prevailing mean of f_post (paper eq. 33). The final report
 also carries the learning curve (`history`) and the forecast of every scored stock-month as
 Parquet bytes (rvrae.results.forecasts), which the driver's sink stores beside the row.
@@ -102,7 +102,11 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
     lam = prevailing_mean(fc.f_post)  # eq. 33: mean of f_post over every earlier month
     out: dict = {}
     for prefix, months in (("valid_", valid_months), ("", test_months)):
-        s = score(panel.ret[months], panel.mask[months], _take(fc, months), lam[months])
+        mask = panel.mask[months]
+        if prefix and len(omitted):  # the omitted stocks were removed from valid (SPEC §2.3)
+            mask = mask.copy()
+            mask[:, np.asarray(omitted, dtype=np.int64)] = False
+        s = score(panel.ret[months], mask, _take(fc, months), lam[months])
         out.update({prefix + k: float(v) for k, v in s.items()})
     out.update(evaluate_omitted(panel, fc, test_months, omitted, lam))
     m = np.asarray(test_months)
