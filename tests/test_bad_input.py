@@ -161,6 +161,9 @@ def test_benchmark_and_tune_validate_too(tiny_data_file, tmp_path, capsys):
     assert "benchmark" in err
     err = _run(lambda a: study_main("tune", a), base + ["--metric", "no_such_metric"], capsys)
     assert "--metric" in err
+    for test_metric in ("rank_ic", "omitted_rank_ic"):  # choosing configs on the test months
+        err = _run(lambda a: study_main("tune", a), base + ["--metric", test_metric], capsys)
+        assert "--metric" in err and "validation" in err and "valid_rank_ic" in err
     err = _run(lambda a: study_main("tune", a), base + ["--samples", "0"], capsys)
     assert "--samples" in err
     assert not (tmp_path / "o").exists()

@@ -324,6 +324,13 @@ def test_tune_objective_from_rows(tmp_path):
     (t,) = build_tables(read_results(tmp_path), "tune")
     assert t.frame.loc["rvrae", ("valid_nll", 0, "mean")] == pytest.approx(0.7)
     assert t.extra["best config"]["rvrae"] == "lr=0.1" and "minimised" in t.caption
+    # rows tuned on a column the table also shows (a study before --metric had to be a
+    # validation metric): one column for it, not two
+    for i, ic in enumerate([0.02, 0.05]):
+        write_row(tmp_path / "old", dict(study="tune", model="ca", trial_id=f"o{i}", config={"lr": 10.0 ** -i},
+                                         objective="rank_ic", mode="max", rank_ic=ic, r2_total=0.1))  # fmt: skip
+    (t,) = build_tables(read_results(tmp_path / "old"), "tune")
+    assert [c for c, _ in t.cells] == ["rank_ic", "r2_total"] and t.frame.loc["ca", ("rank_ic", 0, "mean")] == 0.05
 
 
 def test_plot_contents(results_dir):

@@ -290,7 +290,8 @@ def _tune(ok: pd.DataFrame) -> list[Table]:
     objective, mode = tune_objective(ok)
     if not _has(ok, objective):
         return []
-    shown = [objective] + [c for c in ("rank_ic", "r2_total", "r2_pred") if _has(ok, c)]
+    # the objective first, once (rows of an older study may have tuned on a test column)
+    shown = list(dict.fromkeys([objective] + [c for c in ("rank_ic", "r2_total", "r2_pred") if _has(ok, c)]))
     ok = ok[["model", *shown, *(c for c in ok.columns if c.startswith("hp_"))]]
     rows = order_rows(ok["model"].unique())
     data, best_cfg = {}, {}

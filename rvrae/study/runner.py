@@ -177,6 +177,9 @@ def validate(opts: StudyOptions) -> None:
             raise UserError(f"--samples must be >= 1, got {opts.samples}")
         if opts.metric not in metric_names():
             raise UserError(f"--metric {opts.metric!r} is not a metric (e.g. valid_rank_ic, valid_r2_total)")
+        if not opts.metric.startswith("valid_"):  # SPEC §5: the search sees validation only
+            raise UserError(f"--metric {opts.metric!r} is scored on the test months: the search must choose on "
+                            f"a validation metric (valid_{opts.metric.removeprefix('omitted_')}, e.g. valid_rank_ic)")
         if opts.mode not in ("max", "min"):
             raise UserError(f"--mode must be max or min, got {opts.mode!r}")
         if opts.scheduler not in SCHEDULERS:
