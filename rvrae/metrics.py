@@ -167,7 +167,10 @@ def _ranks(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def ic_series(r_hat, ret, mask, rank: bool = False, min_stocks: int = MIN_STOCKS) -> np.ndarray:
     """[t] per-month Pearson (or Spearman, rank=True) correlation of r_hat with ret; NaN for
-    months with fewer than `min_stocks` stocks or a constant cross-section."""
+    months with fewer than `min_stocks` stocks (SPEC §4: skipped). A month with enough stocks
+    whose forecast (or return) is the same for every stock scores 0: it ranks nothing, and
+    skipping it would let a forecast that is constant in most months be scored on the few
+    where it is not (the long-short, which holds a book every month, counts them too)."""
     x, y = _f64(r_hat), _f64(ret)
     mask = np.asarray(mask, dtype=bool) & np.isfinite(x) & np.isfinite(y)
     if rank:
@@ -175,10 +178,13 @@ def ic_series(r_hat, ret, mask, rank: bool = False, min_stocks: int = MIN_STOCKS
     cnt = mask.sum(axis=1)
     xc = _demean(np.where(mask, x, 0.0), mask)
     yc = _demean(np.where(mask, y, 0.0), mask)
-    den = np.sqrt((xc * xc).sum(1) * (yc * yc).sum(1))
+    sx, sy = (xc * xc).sum(1), (yc * yc).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = (xc * yc).sum(1) / den
-    out[(cnt < min_stocks) | ~(den > 0)] = np.nan
+        out = (xc * yc).sum(1) / np.sqrt(sx * sy)
+    # no spread: what is left after demeaning is rounding (1e-17 of the values), not a ranking
+    flat = lambda v, ss: ~(ss > 1e-20 * np.where(mask, v * v, 0.0).sum(1))  # noqa: E731
+    out[flat(x, sx) | flat(y, sy)] = 0.0
+    out[cnt < min_stocks] = np.nan
     return out
 
 

@@ -106,6 +106,20 @@ def test_months_with_few_stocks_skipped():
     assert np.isnan(ls["gross"][1]) and np.isfinite(ls["gross"][[0, 2]]).all()
 
 
+def test_a_month_whose_forecast_ranks_nothing_scores_zero_not_skipped():
+    ret, r_hat, mask = _panel(t=4, n=30)
+    good = ret + 0.1 * r_hat  # informative in every month
+    flat = good.copy()
+    flat[1:] = 0.02  # the same forecast for every stock in 3 months of 4
+    for rank in (False, True):
+        ic = M.ic_series(flat, ret, mask, rank=rank)
+        assert ic[0] == pytest.approx(M.ic_series(good, ret, mask, rank=rank)[0]) and (ic[1:] == 0.0).all()
+    assert M.rank_ic(flat, ret, mask) == pytest.approx(M.ic_series(good, ret, mask, rank=True)[0] / 4)
+    few = mask.copy()
+    few[1, 9:] = False  # 9 stocks: skipped as before, constant or not
+    assert np.isnan(M.ic_series(flat, ret, few, rank=True)[1])
+
+
 def test_icir_ddof1_ignores_nan():
     s = np.array([0.1, np.nan, 0.3, 0.2])
     assert M.icir(s) == pytest.approx(0.2 / np.std([0.1, 0.3, 0.2], ddof=1))
