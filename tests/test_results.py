@@ -26,7 +26,7 @@ from rvrae.results.render import print_oracle, print_panel_info, render_tables
 from rvrae.results.store import (
     RESULT_COLUMNS, cell_key, existing_cells, provenance, read_results, write_row,
 )  # fmt: skip
-from rvrae.results.tables import build_tables, long_table
+from rvrae.results.tables import build_tables
 
 SEEDS = range(4)
 IDENT = StudyIdentity("f00dfeed12345678", "panel.parquet", (15, 3, 3), 4, code_version="abc123").columns()
@@ -204,7 +204,7 @@ def test_generic_speed_table_by_case(results_dir, capsys):
     assert "| large | 12.00(2.828) | 1.200(0.2828) | 2 |" in out
 
 
-def test_custom_metrics_and_long_table(results_dir, capsys):
+def test_custom_metrics_and_the_csv_format(results_dir, capsys):
     rc, out, _ = run_cli(capsys, results_dir, "--study", "benchmark", "--format", "csv", "--metrics", "sharpe")
     assert rc == 0
     lines = out.strip().splitlines()
@@ -218,10 +218,6 @@ def test_custom_metrics_and_long_table(results_dir, capsys):
     (t,) = build_tables(df, study="benchmark", metrics=["forecast_tstat", "sharpe_copy"])
     assert not t.frame[("forecast_tstat", 0, "best")].any() and t.frame[("sharpe_copy", 0, "best")].any()
     assert not t.frame[("forecast_tstat", 0, "sig")].any() and t.frame[("sharpe_copy", 0, "sig")].any()
-    lt = long_table(read_results(results_dir), "benchmark")
-    assert list(lt.columns) == ["study", "model", "m", "metric", "mean", "std", "n"]
-    row = lt[(lt.model == "rvrae") & (lt.metric == "r2_total")].iloc[0]
-    assert row["mean"] == pytest.approx(0.20) and row["std"] == pytest.approx(0.02 / math.sqrt(3)) and row["n"] == 4
 
 
 def test_store_columns_config_and_temp_files(results_dir, tmp_path):

@@ -594,25 +594,3 @@ def _study_tables(ok: pd.DataFrame, s: str, metrics: list[str] | None) -> list[T
 def _order_studies(names) -> list[str]:
     names = [str(s) for s in names]
     return [s for s in STUDY_ORDER if s in names] + sorted(s for s in names if s not in STUDY_ORDER)
-
-
-def long_table(df: pd.DataFrame, study: str | None = None) -> pd.DataFrame:
-    """Every metric column of the ok rows as `study,model,m,metric,mean,std,n` (raw units)."""
-    if study is not None:
-        df = df[df["study"] == study]
-    select_identity(df, None, one=True, what="a long table")
-    ok = ok_rows(df)
-    out = []
-    metric_cols = [c for c in METRIC_COLUMNS if c in ok.columns]
-    for s in _order_studies(ok["study"].unique()):
-        sub = ok[ok["study"] == s]
-        for model in order_rows(sub["model"].unique()):
-            for m in sorted(sub["m"].unique()):
-                cell = sub[(sub["model"] == model) & (sub["m"] == m)]
-                for metric in metric_cols:
-                    v = cell[metric].astype(float)
-                    v = v[np.isfinite(v)]
-                    if len(v):
-                        out.append((s, model, int(m), metric, float(v.mean()),
-                                    float(v.std(ddof=1)) if len(v) > 1 else math.nan, int(len(v))))  # fmt: skip
-    return pd.DataFrame(out, columns=["study", "model", "m", "metric", "mean", "std", "n"])
