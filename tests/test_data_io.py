@@ -270,3 +270,66 @@ def test_study_scripts_take_the_loader_options(tiny_data_file, tmp_path):
                          "ret_col": "ret"}  # fmt: skip
     with pytest.raises(UserError, match="synthetic takes no loader options"):
         load_data("synthetic", percent=True)
+
+
+# ---- files as researchers write them (each case once read wrongly, silently) --------------
+
+
+def test_yyyymm_strings_keep_their_month(tmp_path):
+    d = _frame(n_ids=3, n_months=12)
+    d["date"] = [s.replace("-", "") for s in d.date]  # "200101" .. "200112" as text
+    p = write_long(d, tmp_path / "p.parquet")
+    pan = load_panel(p)
+    assert pan.T == 12 and list(pan.dates) == list(np.arange("2001-01", "2002-01", dtype="datetime64[M]"))
+    d["date"] = [s + "30" if s[-2:] != "02" else s + "28" for s in d.date]  # YYYYMMDD text
+    assert list(load_panel(write_long(d, tmp_path / "q.parquet")).dates) == list(pan.dates)
+
+
+def test_a_date_range_keeps_each_stocks_own_id_and_takes_yyyymm(tmp_path):
+    d = _frame(n_ids=4, n_months=4)
+    d = d[~((d.permno == 1) & (d.date >= "2001-03"))]  # stock 1 leaves after 2001-02
+    p = write_long(d, tmp_path / "p.csv")
+    for start in ("2001-03", "200103", 200103):
+        cut = load_panel(p, start=start)
+        assert cut.dates[0] == np.datetime64("2001-03") and list(cut.ids) == ["2", "3", "4"], start
+        for j, i in enumerate(cut.ids):  # each id's returns are its own rows'
+            mine = d[(d.permno == int(i)) & (d.date >= "2001-03")].ret.to_numpy()
+            np.testing.assert_allclose(cut.ret[:, j], mine, rtol=1e-6)
+    with pytest.raises(UserError, match="start month"):
+        load_panel(p, start="2001-13")
+
+
+def test_lagged_characteristics_rank_only_the_months_own_stocks(tmp_path):
+    d = _frame(n_ids=4, n_months=3)
+    d = d[~((d.permno == 1) & (d.date == "2001-03"))]  # stock 1 has no row in 2001-03
+    lag = load_panel(write_long(d, tmp_path / "p.csv"), alignment="lag")
+    present = lag.mask[2]
+    assert list(present) == [False, True, True, True]
+    for c in range(2):  # three stocks ranked among themselves: -1, 0, 1
+        assert sorted(lag.chars[2, present, c]) == [-1.0, 0.0, 1.0] and lag.chars[2, 0, c] == 0.0
+
+
+def test_large_characteristics_keep_their_order(tmp_path):
+    d = _frame(n_ids=5, n_months=2)
+    d["me"] = 1e10 + 100.0 * (d.permno - 1)  # a market cap in dollars: float32 steps are 1,024
+    pan = load_panel(write_long(d, tmp_path / "p.csv"))
+    me = pan.chars[..., pan.char_names.index("me")]
+    for t in range(2):  # five distinct values, five distinct ranks, in order
+        assert list(me[t]) == [-1.0, -0.5, 0.0, 0.5, 1.0]
+
+
+def test_a_repeated_csv_column_is_refused(tmp_path, capsys):
+    p = tmp_path / "p.csv"
+    p.write_text("permno,date,ret,bm,bm\n1,2001-01,0.01,1,2\n2,2001-01,0.02,3,4\n")
+    _check(p, capsys, "'bm'", "appears twice", str(p))
+
+
+def test_an_index_written_with_the_data_is_not_a_characteristic(tmp_path):
+    d = _frame()
+    p = tmp_path / "p.csv"
+    d.to_csv(p)  # the index too, as "Unnamed: 0"
+    pan = load_panel(p)
+    assert pan.char_names == ("size", "bm") and "Unnamed: 0" in " ".join(pan.meta["notices"])
+    q = tmp_path / "p.parquet"
+    d[d.permno > 1].to_parquet(q)  # a filtered frame keeps its index as __index_level_0__
+    assert load_panel(q).char_names == ("size", "bm")

@@ -12,6 +12,7 @@ the Chen-Pelger-Zhu `.npz` layout is read too. Every problem a user can fix rais
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -87,7 +88,7 @@ def load_panel(
     returns that look like percent (`looks_like_percent`) are refused. chars: the
     characteristic columns (default: every other numeric column; text columns are skipped
     with a notice in `meta["notices"]`). exclude: columns that are not characteristics.
-    start / end: first / last month kept (anything pandas parses, e.g. "2000-01").
+    start / end: first / last month kept (YYYY-MM, YYYYMM or a date, e.g. "2000-01").
     id_col / date_col / ret_col: the column names, when the aliases do not find them.
     """
     path = Path(path)
@@ -117,7 +118,10 @@ def load_panel(
         # a stock without a row in t-1 has them missing). Before the date range is cut: the
         # first kept month takes its characteristics from the month before it.
         x = np.concatenate([np.full_like(x[:1], np.nan), x[:-1]], axis=0)
-    x, ret, mask, dates = _restrict_months(name, x, ret, mask, dates, start, end)
+    # only the month's own stocks are ranked (SPEC §2.2): one without a return in t (after
+    # the lag: delisted in t, say) must not take a place in t's ranks with other values
+    x[~mask] = np.nan
+    x, ret, mask, dates, ids = _restrict_months(name, x, ret, mask, dates, ids, start, end)
     if percent is None:
         why = looks_like_percent(ret[mask])
         if why:
@@ -253,6 +257,11 @@ class _Columns:
                 self.n = self.table.num_rows
             else:
                 self.frame = pd.read_csv(path, low_memory=False)
+                # the header as written: pandas renames a repeated name (x1, x1.1)
+                raw = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0]
+                raw = raw.dropna()  # empty header cells are pandas' "Unnamed: k"
+                if raw.duplicated().any():
+                    raise UserError(f"{name}: column {raw[raw.duplicated()].iloc[0]!r} appears twice")
                 self.names = [str(c) for c in self.frame.columns]
                 self.frame.columns = self.names
                 self.n = len(self.frame)
@@ -301,6 +310,12 @@ def _read_long(path: Path, kind: str, chars, exclude=None, given=None, notices=N
     reserved |= set(exclude or ())
     if chars is None:
         char_names = [c for c in cols.names if c not in reserved]
+        # a row index written with the data (pandas' to_csv / to_parquet of a filtered frame)
+        # or a column with no name: not a characteristic
+        index = [c for c in char_names if re.fullmatch(r"Unnamed: \d+|__index_level_\d+__", c)]
+        if index:
+            notices.append(f"{len(index)} index or unnamed column(s) skipped, not characteristics: {', '.join(index)}")
+            char_names = [c for c in char_names if c not in index]
         text = [c for c in char_names if _is_text(cols.get(c))]
         if text:
             notices.append(f"{len(text)} text column(s) skipped, not characteristics: {', '.join(text)}")
@@ -363,11 +378,11 @@ def _read_long(path: Path, kind: str, chars, exclude=None, given=None, notices=N
 
     x = np.full((T, N, len(char_names)), np.nan, dtype=np.float32)
     for j, c in enumerate(char_names):
-        v = _numeric(name, c, cols.get(c), what="characteristic")
+        v = _numeric(name, c, cols.get(c), what="characteristic", dtype=np.float64)
         if np.isinf(v).any():
             i = int(np.flatnonzero(np.isinf(v))[0])
             raise UserError(f"{name}: inf in characteristic {c!r} at row {_row(i)}")
-        x[t_idx, stock, j] = v
+        x[t_idx, stock, j] = _order_exact_float32(v)
         cols.drop(c)
     return x, ret, mask, dates, ids, char_names
 
@@ -384,10 +399,10 @@ def _is_text(s: pd.Series) -> bool:
     return bool(pd.to_numeric(present, errors="coerce").notna().mean() < 0.5)
 
 
-def _numeric(name: str, col: str, s: pd.Series, what: str) -> np.ndarray:
-    """A column as float32; a value that is not a number is an error naming the row."""
+def _numeric(name: str, col: str, s: pd.Series, what: str, dtype=np.float32) -> np.ndarray:
+    """A column as `dtype`; a value that is not a number is an error naming the row."""
     if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
-        return s.to_numpy(dtype=np.float32, na_value=np.nan)
+        return s.to_numpy(dtype=dtype, na_value=np.nan)
     v = pd.to_numeric(s, errors="coerce")
     bad = v.isna().to_numpy() & s.notna().to_numpy()
     if bad.any():
@@ -396,7 +411,24 @@ def _numeric(name: str, col: str, s: pd.Series, what: str) -> np.ndarray:
         raise UserError(
             f"{name}: {what} column {col!r} is not numeric (row {_row(i)}: {str(s.iloc[i])[:40]!r}){hint}"
         )
-    return v.to_numpy(dtype=np.float32, na_value=np.nan)
+    return v.to_numpy(dtype=dtype, na_value=np.nan)
+
+
+def _order_exact_float32(v: np.ndarray) -> np.ndarray:
+    """A float64 characteristic as float32 that keeps its order: the cast itself where it
+    merges no two distinct values, else each value's dense rank over the column (exact in
+    float32 up to 2**24 distinct values). Only the order matters (the loader ranks each
+    month's cross-section); a market cap in dollars, ~1e10, has steps of 1e3 in float32,
+    which would tie stocks that differ by less."""
+    fin = np.isfinite(v)
+    u = np.unique(v[fin])  # sorted, distinct
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, caught below
+        f32, u32 = v.astype(np.float32), u.astype(np.float32)
+    if len(u) > 2**24 or (np.isfinite(u32).all() and (np.diff(u32) > 0).all()):
+        return f32
+    out = np.full(v.shape, np.nan, dtype=np.float32)
+    out[fin] = np.searchsorted(u, v[fin]).astype(np.float32)
+    return out
 
 
 def _parse_months(name: str, col: str, s: pd.Series) -> np.ndarray:
@@ -437,12 +469,18 @@ def _parse_date_values(u: pd.Series) -> pd.Series | None:
         return out
     txt = u.astype(str).str.strip()
     out = pd.Series(pd.NaT, index=u.index, dtype="datetime64[ns]")
-    for fmt in ("%Y-%m-%d", "%Y-%m", "%Y%m%d", "%Y%m", "%Y/%m/%d", "%Y/%m"):
-        todo = out.isna()
+    # digits only: YYYYMM or YYYYMMDD by their length ("%Y%m%d" alone would read "199912" as
+    # 1999-01-02: strptime takes one digit for the month and one for the day)
+    for d, fmt in ((6, "%Y%m"), (8, "%Y%m%d")):
+        sel = txt.str.fullmatch(rf"\d{{{d}}}")
+        out[sel] = pd.to_datetime(txt[sel], format=fmt, errors="coerce")
+    digits = txt.str.fullmatch(r"\d+")
+    for fmt in ("%Y-%m-%d", "%Y-%m", "%Y/%m/%d", "%Y/%m"):
+        todo = out.isna() & ~digits
         if not todo.any():
             break
         out[todo] = pd.to_datetime(txt[todo], format=fmt, errors="coerce")
-    todo = out.isna()
+    todo = out.isna() & ~digits  # digits of another length are not a date
     if todo.any():  # anything else pandas understands ("2000-01-31 00:00:00", "Jan 2000")
         for i in np.flatnonzero(todo.to_numpy()):
             try:
@@ -452,17 +490,20 @@ def _parse_date_values(u: pd.Series) -> pd.Series | None:
     return out
 
 
-def _restrict_months(name, x, ret, mask, dates, start, end):
+def _restrict_months(name, x, ret, mask, dates, ids, start, end):
+    """The months from `start` to `end` (either None: open), in any format the date column
+    takes (YYYYMM too), and the stocks that have a row in them; `ids` cut to match."""
     if start is None and end is None:
-        return x, ret, mask, dates
+        return x, ret, mask, dates, ids
     lo, hi = 0, len(dates)
     for label, value in (("start", start), ("end", end)):
         if value is None:
             continue
-        try:
-            mth = np.datetime64(pd.Timestamp(str(value)).to_period("M").to_timestamp(), "M")
-        except (ValueError, TypeError):
-            raise UserError(f"{name}: cannot parse {label} month {value!r}") from None
+        v = pd.Series([value]) if isinstance(value, (int, np.integer)) else pd.Series([str(value)], dtype=object)
+        parsed = _parse_date_values(v)
+        if parsed is None or parsed.isna().any():
+            raise UserError(f"{name}: cannot parse {label} month {value!r} (expected YYYY-MM, YYYYMM or a date)")
+        mth = parsed.to_numpy().astype("datetime64[M]")[0]
         if label == "start":
             lo = int(np.searchsorted(dates, mth, side="left"))
         else:
@@ -471,8 +512,8 @@ def _restrict_months(name, x, ret, mask, dates, start, end):
         raise UserError(f"{name}: no rows between start={start} and end={end}")
     keep = mask[lo:hi].any(axis=0)
     if not keep.all():  # drop stocks that never appear in the range (keep the union tight)
-        return x[lo:hi][:, keep], ret[lo:hi][:, keep], mask[lo:hi][:, keep], dates[lo:hi]
-    return x[lo:hi], ret[lo:hi], mask[lo:hi], dates[lo:hi]
+        return x[lo:hi][:, keep], ret[lo:hi][:, keep], mask[lo:hi][:, keep], dates[lo:hi], ids[keep]
+    return x[lo:hi], ret[lo:hi], mask[lo:hi], dates[lo:hi], ids
 
 
 # ---------------------------------------------------------------------------------------
