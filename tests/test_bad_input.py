@@ -161,6 +161,10 @@ def test_benchmark_and_tune_validate_too(tiny_data_file, tmp_path, capsys):
     assert "benchmark" in err
     err = _run(lambda a: study_main("tune", a), base + ["--metric", "no_such_metric"], capsys)
     assert "--metric" in err
+    for study, flag, twice in (("benchmark", "--models", "ipca,ca,ipca"), ("robustness", "--m", "5,10,5")):
+        args = [a if a != "ipca" else twice for a in base] if flag == "--models" else [*base, flag, twice]
+        err = _run(lambda a: study_main(study, a), args, capsys)  # a cell runs once
+        assert err == f"error: {flag} names {twice.split(',')[0]} twice\n", err
     for test_metric in ("rank_ic", "omitted_rank_ic"):  # choosing configs on the test months
         err = _run(lambda a: study_main("tune", a), base + ["--metric", test_metric], capsys)
         assert "--metric" in err and "validation" in err and "valid_rank_ic" in err

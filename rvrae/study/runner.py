@@ -164,6 +164,10 @@ def validate(opts: StudyOptions) -> None:
         raise UserError(f"unknown study {opts.study!r} (known: {', '.join(STUDIES)})")
     if not opts.models:
         raise UserError("no models given")
+    for flag, vals in (("--models", opts.models), ("--m", opts.m or [])):  # a cell runs once
+        twice = [v for i, v in enumerate(vals) if v in vals[:i]]
+        if twice:
+            raise UserError(f"{flag} names {twice[0]} twice")
     for name in opts.models:
         config_from_dict(get_spec(name).config_cls, opts.configs.get(name), name)
     if opts.seeds < 1:
