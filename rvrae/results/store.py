@@ -1,6 +1,9 @@
 """The results store (SPEC §6): one Parquet dataset, one file per trial.
 
-Layout, hive-partitioned so that pyarrow / pandas / DuckDB read the folder as one table:
+Layout, hive-partitioned so that pyarrow / pandas / DuckDB read a study's folder as one table
+(`pd.read_parquet("<out>/study=benchmark")`; not `<out>` itself, which also holds the
+forecasts, the oracle's rows, best_configs.json and optuna.db: `read_results(out)` reads
+every study's rows):
 
     <out>/study=<study>/model=<model>/<trial_id>.parquet      (one row)
 
