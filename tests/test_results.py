@@ -24,7 +24,7 @@ from rvrae.errors import UserError
 from rvrae.identity import StudyIdentity
 from rvrae.results.render import print_oracle, print_panel_info, render_tables
 from rvrae.results.store import (
-    RESULT_COLUMNS, cell_key, existing_cells, provenance, read_results, write_row,
+    RESULT_COLUMNS, cell_key, existing_cells, provenance, read_results, recorded_keys, write_row,
 )  # fmt: skip
 from rvrae.results.tables import build_tables
 
@@ -249,6 +249,11 @@ def test_write_row_atomic_replace_and_cells(tmp_path):
     assert existing_cells(tmp_path, "benchmark") == {key}
     assert key == ("benchmark", "ca", 3, 50, '{"a":2.0,"b":1}', "", "", 0, "", "")  # no identity: ""
     assert existing_cells(tmp_path, "robustness") == set() and existing_cells(tmp_path / "no", "x") == set()
+    # a search that samples one config twice: two trials (rows), one cell
+    for t in ("s1", "s2"):
+        write_row(tmp_path, {**row, "study": "tune", "trial_id": t})
+    assert len(existing_cells(tmp_path, "tune")) == 1 and len(recorded_keys(tmp_path, "tune")) == 2
+    assert recorded_keys(tmp_path / "no", "tune") == []
     with pytest.raises(UserError):
         write_row(tmp_path, {**row, "model": "../evil"})
 

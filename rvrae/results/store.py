@@ -254,11 +254,16 @@ def remove_leftovers(out_dir: str | Path, study: str) -> int:
 def existing_cells(out_dir: str | Path, study: str) -> set:
     """The cells already recorded for `study` (status ok or error: an error row is a result
     too, so a resumed study does not run it twice). Empty if there is nothing yet."""
+    return set(recorded_keys(out_dir, study))
+
+
+def recorded_keys(out_dir: str | Path, study: str) -> list:
+    """The cell key of every row recorded for `study`, one per row: a tune study's search
+    may sample one config twice, two trials that are one cell (`existing_cells` counts it once)."""
     root = Path(out_dir)
     if not root.is_dir() or not result_files(root, study):
-        return set()
-    df = read_results(root, study)
-    return {cell_key(r) for r in df.to_dict("records")}
+        return []
+    return [cell_key(r) for r in read_results(root, study).to_dict("records")]
 
 
 def _git_commit(root: Path) -> str:

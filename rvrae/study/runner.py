@@ -623,7 +623,7 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
     from ray.tune.search.optuna import OptunaSearch
 
     from rvrae.models.registry import get_spec
-    from rvrae.results.store import existing_cells
+    from rvrae.results.store import recorded_keys
     from rvrae.study.callbacks import LiveProgress, ParquetSink
 
     storage = str(Path(storage) / "tune")
@@ -631,7 +631,8 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
     done = 0
     if not (opts.resume and tune.Tuner.can_restore(path)):
         ident = common["identity"].key()
-        done = sum(1 for k in existing_cells(run.out, "tune") if k[1] == name and k[5:] == ident) if opts.resume else 0
+        # trials, not cells: a search that sampled one config twice ran two of its trials
+        done = sum(1 for k in recorded_keys(run.out, "tune") if k[1] == name and k[5:] == ident) if opts.resume else 0
     samples = max(0, opts.samples - done)
     if samples == 0:
         return
