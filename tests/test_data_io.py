@@ -333,3 +333,24 @@ def test_an_index_written_with_the_data_is_not_a_characteristic(tmp_path):
     q = tmp_path / "p.parquet"
     d[d.permno > 1].to_parquet(q)  # a filtered frame keeps its index as __index_level_0__
     assert load_panel(q).char_names == ("size", "bm")
+
+
+def test_dates_with_a_time_zone_keep_the_month_written(tmp_path):
+    d = _frame(n_ids=3, n_months=3)
+    d["date"] = pd.to_datetime(d.date).dt.tz_localize("Asia/Tokyo")  # 2001-02-01 00:00 +09:00
+    p = write_long(d, tmp_path / "p.parquet")
+    months = list(np.arange("2001-01", "2001-04", dtype="datetime64[M]"))
+    assert list(load_panel(p).dates) == months  # not 2000-12 .. 2001-02, as in UTC
+    d["date"] = [f"2001-{m:02d}-15 12:00:00+00:00" for m in np.tile([1, 2, 3], 3)]
+    assert list(load_panel(write_long(d, tmp_path / "p.csv")).dates) == months
+
+
+def test_an_empty_column_is_skipped_and_hints_name_the_likely_cause(tmp_path, capsys):
+    d = _frame().assign(blank=np.nan)
+    pan = load_panel(write_long(d, tmp_path / "p.csv"))
+    assert pan.char_names == ("size", "bm") and "blank" in " ".join(pan.meta["notices"])
+    p = tmp_path / "semi.csv"
+    p.write_text("permno;date;ret;bm\n1;2001-01;0.01;1\n")
+    _check(p, capsys, "stock id", "';'-separated")
+    p = write_long(_frame().assign(ret=[np.nan] + list(_frame().ret[1:])), tmp_path / "jkp.csv")
+    _check(p, capsys, "NaN", "row 1", "drop the rows without a return")

@@ -236,9 +236,11 @@ def _pick(name: str, columns: list[str], aliases: tuple[str, ...], what: str, gi
     for a in aliases:
         if a.lower() in lower:
             return lower[a.lower()]
+    sep = next((c for c in (";", "\t", "|") if len(columns) == 1 and c in str(columns[0])), None)
+    hint = f"; the file looks {sep!r}-separated: write it comma-separated" if sep else ""
     raise UserError(
         f"{name}: no {what} column (expected one of {', '.join(aliases)}; "
-        f"found {', '.join(map(str, columns[:12]))}{', ...' if len(columns) > 12 else ''})"
+        f"found {', '.join(map(str, columns[:12]))}{', ...' if len(columns) > 12 else ''}){hint}"
     )
 
 
@@ -316,6 +318,10 @@ def _read_long(path: Path, kind: str, chars, exclude=None, given=None, notices=N
         if index:
             notices.append(f"{len(index)} index or unnamed column(s) skipped, not characteristics: {', '.join(index)}")
             char_names = [c for c in char_names if c not in index]
+        empty = [c for c in char_names if cols.get(c).isna().all()]
+        if empty:
+            notices.append(f"{len(empty)} column(s) without a value skipped: {', '.join(empty)}")
+            char_names = [c for c in char_names if c not in empty]
         text = [c for c in char_names if _is_text(cols.get(c))]
         if text:
             notices.append(f"{len(text)} text column(s) skipped, not characteristics: {', '.join(text)}")
@@ -366,9 +372,10 @@ def _read_long(path: Path, kind: str, chars, exclude=None, given=None, notices=N
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         kind_ = "NaN" if np.isnan(r[i]) else "inf"
+        hint = "; drop the rows without a return first (a JKP file's last month has none)" if kind_ == "NaN" else ""
         raise UserError(
             f"{name}: {kind_} in return column {ret_col!r} at row {_row(i)} "
-            f"({ids[stock[i]]}, {dates[t_idx[i]]}); {int(bad.sum())} bad value(s) in all"
+            f"({ids[stock[i]]}, {dates[t_idx[i]]}); {int(bad.sum())} bad value(s) in all{hint}"
         )
     cols.drop(ret_col)
     ret = np.zeros((T, N), dtype=np.float32)
@@ -440,6 +447,8 @@ def _parse_months(name: str, col: str, s: pd.Series) -> np.ndarray:
     u = pd.Series(uniq)
     if pd.api.types.is_datetime64_any_dtype(u):
         parsed = pd.to_datetime(u)
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype):  # the month as written, not in UTC
+            parsed = parsed.dt.tz_localize(None)
     else:
         parsed = _parse_date_values(u)
         if parsed is None or parsed.isna().any():
@@ -484,7 +493,8 @@ def _parse_date_values(u: pd.Series) -> pd.Series | None:
     if todo.any():  # anything else pandas understands ("2000-01-31 00:00:00", "Jan 2000")
         for i in np.flatnonzero(todo.to_numpy()):
             try:
-                out.iloc[i] = pd.Timestamp(txt.iloc[i])
+                ts = pd.Timestamp(txt.iloc[i])
+                out.iloc[i] = ts.tz_localize(None) if ts.tzinfo is not None else ts  # as written
             except (ValueError, TypeError, OverflowError):
                 pass
     return out
