@@ -106,3 +106,25 @@ def test_a_row_of_restarts_names_the_kept_fit_and_every_fits_validation_score(ti
     reports = []
     train_trial(_config("rvrae", hp={**hp, "restarts": 1}), tiny_panel, report=reports.append)
     assert "restart" not in reports[-1] and "restart_scores" not in reports[-1]
+
+
+@pytest.mark.parametrize("model, hp", [("ipca", {}), ("rvrae", {"epochs": 2, "n_factors": 2, "hidden": 8, "seq_len": 4,
+                                                                 "mc_samples": 2})])  # fmt: skip
+def test_a_robustness_forecast_never_sees_the_omitted_stocks_returns_before_the_test(tiny_panel, model, hp):
+    """SPEC §2.3: the m stocks' rows leave train and valid, so no score of the trial may move
+    when their returns before the test months change (the factors' history, λ̂ included)."""
+    from rvrae.data.panel import omit_stocks, split_by_years
+
+    train, _, test = split_by_years(tiny_panel, *SPLIT)
+    omitted = omit_stocks(train, test, 10, 0)
+    cut = np.ix_(np.arange(int(test.target_months.min())), omitted)
+    ret = tiny_panel.ret.copy()
+    ret[cut] = np.where(tiny_panel.mask[cut], 3.0 * ret[cut] + 0.05, 0.0)
+    other = dataclasses.replace(tiny_panel, ret=ret)
+    rows = []
+    for panel in (tiny_panel, other):
+        reports = []
+        train_trial(_config(model, hp=hp, m=10), panel, report=reports.append)
+        rows.append(reports[-1])
+    for k in ("rank_ic", "r2_pred", "r2_forecast", "sharpe", "omitted_rank_ic", "omitted_r2_pred", "valid_rank_ic"):
+        assert rows[0][k] == rows[1][k], k

@@ -128,6 +128,20 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
     return out
 
 
+def without_history(panel, omitted, test_start: int):
+    """The panel a robustness trial forecasts from: the omitted stocks' returns removed from
+    every month before `test_start` (SPEC §2.3: their rows leave train and valid), so the
+    factors of those months, their prevailing mean (eq. 33's λ̂) and a dynamic forecast's
+    history are those of the stocks the model was fitted on. Their characteristics stay (a
+    test month's β reads the stock's window), and so do their test months' returns."""
+    if not len(omitted):
+        return panel
+    cut = np.ix_(np.arange(test_start), np.asarray(omitted, dtype=np.int64))
+    mask, ret = panel.mask.copy(), panel.ret.copy()
+    mask[cut], ret[cut] = False, 0.0
+    return dataclasses.replace(panel, mask=mask, ret=ret)
+
+
 def evaluate_omitted(panel, fc, test_months, omitted, lam=None) -> dict:
     """The `omitted_*` metrics of `evaluate`: the test months scored on the omitted stocks
     only ({} when none are omitted), on a planted panel with `omitted_rank_ic_true` (their
@@ -231,7 +245,9 @@ def train_trial(config: dict, panel, report=None) -> None:
     t0 = time.perf_counter()
     model.fit(train, valid, seed=seed, device=device, progress=progress)
     fit_seconds = time.perf_counter() - t0
-    fc = model.predict(panel, np.arange(panel.T))  # once, over all months, on the full panel
+    # once, over all months, on the full panel less the omitted stocks' returns before the test
+    # months: removed from train and valid, they must not reach the factors' history either
+    fc = model.predict(without_history(panel, omitted, int(test.target_months.min())), np.arange(panel.T))
     scored = np.concatenate([valid.target_months, test.target_months])
     live = panel.mask[scored]
     check_finite(config["model"], fc, scored, live)
