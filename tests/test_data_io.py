@@ -354,3 +354,11 @@ def test_an_empty_column_is_skipped_and_hints_name_the_likely_cause(tmp_path, ca
     _check(p, capsys, "stock id", "';'-separated")
     p = write_long(_frame().assign(ret=[np.nan] + list(_frame().ret[1:])), tmp_path / "jkp.csv")
     _check(p, capsys, "NaN", "row 1", "drop the rows without a return")
+
+
+def test_csv_ids_are_read_as_written(tmp_path):
+    d = _frame(n_ids=3)
+    gv = d.assign(permno=[f"{i:06d}" for i in d.permno + 1003]).rename(columns={"permno": "gvkey"})
+    assert list(load_panel(write_long(gv, tmp_path / "g.csv")).ids) == ["001004", "001005", "001006"]
+    num = d.assign(permno=d.permno.map({1: 9, 2: 10, 3: 100}))  # plain numbers: sorted as numbers
+    assert list(load_panel(write_long(num, tmp_path / "n.csv")).ids) == ["9", "10", "100"]

@@ -247,7 +247,7 @@ def _pick(name: str, columns: list[str], aliases: tuple[str, ...], what: str, gi
 class _Columns:
     """Column access without materialising the whole file as float64 at once."""
 
-    def __init__(self, path: Path, kind: str):
+    def __init__(self, path: Path, kind: str, id_col: str | None = None):
         name = str(path)
         self.table = self.frame = None
         try:
@@ -258,7 +258,11 @@ class _Columns:
                 self.names = list(self.table.column_names)
                 self.n = self.table.num_rows
             else:
-                self.frame = pd.read_csv(path, low_memory=False)
+                # a stock id column is read as written: a gvkey 001004 keeps its zeros, as it
+                # does from Parquet (`_ids` turns plain numbers back into numbers)
+                ids = {c for c in pd.read_csv(path, nrows=0).columns
+                       if c == id_col or str(c).lower() in {a.lower() for a in ID_ALIASES}}
+                self.frame = pd.read_csv(path, low_memory=False, dtype={c: str for c in ids})
                 # the header as written: pandas renames a repeated name (x1, x1.1)
                 raw = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0]
                 raw = raw.dropna()  # empty header cells are pandas' "Unnamed: k"
@@ -296,7 +300,7 @@ def _read_long(path: Path, kind: str, chars, exclude=None, given=None, notices=N
     name = str(path)
     given = given or {}
     notices = [] if notices is None else notices
-    cols = _Columns(path, kind)
+    cols = _Columns(path, kind, given.get("id"))
     if cols.n == 0:
         raise UserError(f"{name}: empty file (header only, no rows)")
     id_col = _pick(name, cols.names, ID_ALIASES, "stock id", given.get("id"))
@@ -345,6 +349,10 @@ def _read_long(path: Path, kind: str, chars, exclude=None, given=None, notices=N
     ids_raw = cols.get(id_col)
     if ids_raw.isna().any():
         raise UserError(f"{name}: column {id_col!r} is empty at row {_first_row(ids_raw.isna())}")
+    if kind == "csv":
+        ids_raw = ids_raw.str.strip()
+    if kind == "csv" and ids_raw.str.fullmatch(r"0|[1-9]\d{0,17}").all():
+        ids_raw = ids_raw.astype(np.int64)  # plain numbers (PERMNO): sorted as numbers
     stock, uniq_ids = pd.factorize(ids_raw, sort=True)
     ids = np.asarray([str(i) for i in uniq_ids])
     if len(set(ids)) != len(ids):  # e.g. 1 and "1" in one object column
