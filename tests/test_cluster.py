@@ -104,14 +104,45 @@ def test_gpu_workers_start_at_zero_and_the_head_runs_no_trials(config):
     assert workers and all(w.get("min_workers", 0) == 0 and w["resources"].get("GPU", 0) > 0 for w in workers)
 
 
-def test_the_commit_travels_with_the_copy(config):
-    """Rows record `git_commit`: .git must reach the nodes (and git must be usable there)."""
+def _rsync_drops(pattern: str, path: str) -> bool:
+    """Whether rsync's `--exclude PATTERN` (how Ray passes rsync_exclude) drops `path`, a path
+    relative to the copy's top, for the pattern forms the YAML uses: a leading "/" anchors at
+    the top; a pattern without "/" matches a file or folder name at any depth; one with "/"
+    matches the end of the path ("**" spans folders)."""
     import fnmatch
 
-    for pattern in config.get("rsync_exclude", []):
-        for path in (".git", "rvrae/.git", ".git/HEAD"):
-            assert not fnmatch.fnmatch(path, pattern), f"rsync_exclude {pattern!r} drops {path}"
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]  # a, a/b, a/b/c
+    if pattern.startswith("/"):
+        return pattern[1:] in prefixes
+    if "/" not in pattern:
+        return any(fnmatch.fnmatch(p, pattern) for p in parts)
+    return any(fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, "*/" + pattern) for p in prefixes)
+
+
+def test_the_copy_keeps_the_package_and_the_commit(config, tmp_path):
+    """What `file_mounts` copies to every node: the whole package (rvrae/results/ is not the
+    results folder) and .git (rows record `git_commit`; git must be usable there), without the
+    local venv and results. With rsync on this machine, the real rsync says the same."""
+    import shutil
+    import subprocess
+
+    excludes = config.get("rsync_exclude", [])
+    assert _rsync_drops("results", "rvrae/results/store.py")  # the matcher knows the trap
+    kept = ["rvrae/results/store.py", "rvrae/study/runner.py", "studies/robustness.py", ".git/HEAD"]
+    dropped = [".venv/bin/python", "results/x.parquet", "rvrae/__pycache__/cli.cpython-311.pyc"]
+    for path in kept + dropped:
+        assert any(_rsync_drops(p, path) for p in excludes) == (path in dropped), path
     assert any("git" in c for c in config["setup_commands"])
+    if shutil.which("rsync"):
+        src = tmp_path / "src"
+        for path in kept + dropped:
+            (src / path).parent.mkdir(parents=True, exist_ok=True)
+            (src / path).write_text("x")
+        args = [a for p in excludes for a in ("--exclude", p)]
+        subprocess.run(["rsync", "-a", *args, f"{src}/", str(tmp_path / "dst")], check=True)
+        for path in kept + dropped:
+            assert (tmp_path / "dst" / path).exists() == (path in kept), path
 
 
 def test_a_study_sizes_itself_from_what_the_yaml_can_grow_to(config):
