@@ -168,3 +168,12 @@ def test_robustness_script_alone_finds_the_installed_package(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--address" in proc.stdout and "Table III" in proc.stdout
+
+
+def test_tune_storage_under_a_bucket_stays_a_uri():
+    """README's cluster step: --storage s3://BUCKET/rvrae/_tune; the tune study keeps a folder
+    per model under it, which must still name the bucket."""
+    from rvrae.study.runner import storage_join
+
+    assert storage_join("s3://b/rvrae/_tune/", "tune", "rvrae") == "s3://b/rvrae/_tune/tune/rvrae"
+    assert storage_join("/home/ray/results/_tune", "tune") == "/home/ray/results/_tune/tune"

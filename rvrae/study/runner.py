@@ -579,6 +579,14 @@ def _fit(opts, name, path, make_tuner, trainable, sink, live, run, restore: bool
         run.rows.extend(sink.written)
 
 
+def storage_join(storage: str, *parts: str) -> str:
+    """A folder under Tune's storage, a local path or a URI: `Path` would turn
+    "s3://bucket/x" into "s3:/bucket/x", which pyarrow refuses ("Missing bucket name")."""
+    if "://" in storage:
+        return "/".join([storage.rstrip("/"), *parts])
+    return str(Path(storage).joinpath(*parts))
+
+
 def _run_config(opts, name: str, storage: str, callbacks: list):
     from ray import tune
 
@@ -600,7 +608,7 @@ def _grid(opts, cells, panel_ref, common, storage, static, cpus, gpus, conc, run
     # that state at most every ~10 s, so after a SIGKILL it can list finished (and written)
     # cells as pending, and `Tuner.restore` would run them again. The store is written
     # atomically per trial, so "cells not in the store" is exactly what is left to do.
-    path = str(Path(storage) / opts.study)
+    path = storage_join(storage, opts.study)
     if not cells:
         return
     trainable = _trainable(panel_ref, cpus, gpus)
@@ -626,8 +634,8 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
     from rvrae.results.store import recorded_keys
     from rvrae.study.callbacks import LiveProgress, ParquetSink
 
-    storage = str(Path(storage) / "tune")
-    path = str(Path(storage) / name)
+    storage = storage_join(storage, "tune")
+    path = storage_join(storage, name)
     done = 0
     if not (opts.resume and tune.Tuner.can_restore(path)):
         ident = common["identity"].key()
