@@ -385,3 +385,19 @@ def test_resume_removes_a_killed_writers_leftovers(tmp_path):
     assert remove_leftovers(tmp_path, "robustness") == 3
     assert not stale.exists() and not half.exists() and not alone.exists()
     assert p.exists() and kept.exists() and other.exists()  # rows, their forecasts, other studies
+
+
+def test_a_metric_some_study_lacks_is_shown_where_it_exists(tmp_path):
+    for i in range(2):
+        write_row(tmp_path, dict(study="benchmark", model="ipca", seed=i, m=0, trial_id=f"b{i}", config={},
+                                 r2_total=0.1 + i, r2_pred=math.nan))  # fmt: skip
+        write_row(tmp_path, dict(study="robustness", model="ipca", seed=i, m=50, trial_id=f"r{i}", config={},
+                                 r2_total=0.2, r2_pred=math.nan, omitted_rank_ic=0.03 + 0.01 * i))  # fmt: skip
+    df = read_results(tmp_path)
+    (t,) = build_tables(df, metrics=["omitted_rank_ic"])  # the benchmark (m = 0) has none
+    assert t.study == "robustness" and t.frame.loc["ipca", ("omitted_rank_ic", 50, "mean")] == pytest.approx(0.035)
+    assert [t.study for t in build_tables(df, metrics=["r2_total"])] == ["benchmark", "robustness"]
+    with pytest.raises(UserError, match="no successful trial has a value for r2_pred"):
+        build_tables(df, metrics=["r2_pred"])  # a metric the harness writes, NaN everywhere
+    with pytest.raises(UserError, match="unknown metric 'nosuch'"):
+        build_tables(df, metrics=["nosuch"])

@@ -213,11 +213,14 @@ def _numeric_columns(ok: pd.DataFrame) -> list[str]:
     return out
 
 
-def _check_metrics(ok: pd.DataFrame, metrics: list[str], study: str) -> None:
+def _check_metrics(df: pd.DataFrame, metrics: list[str]) -> None:
+    """A name is unknown only if no row of the folder has it and it is not a metric the harness
+    writes: one that a study lacks (omitted_* at m = 0) or has no value for is simply not shown
+    there."""
     for m in metrics:
-        if m not in ok.columns:
-            avail = [c for c in _numeric_columns(ok)] or list(METRIC_COLUMNS)
-            raise UserError(f"unknown metric {m!r} in study {study!r} (available: {', '.join(avail)})")
+        if m not in df.columns and m not in METRIC_COLUMNS:
+            avail = [c for c in _numeric_columns(ok_rows(df))] or list(METRIC_COLUMNS)
+            raise UserError(f"unknown metric {m!r} (available: {', '.join(avail)})")
 
 
 def _benchmark(ok: pd.DataFrame) -> list[Table]:
@@ -540,6 +543,8 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
     studies = _order_studies(df["study"].unique())
     if not studies:
         raise UserError(f"no results for study {study!r}")
+    if metrics:
+        _check_metrics(df, metrics)
     tables, failed = [], []
     for s in studies:
         groups = select_identity(df[df["study"] == s], identity)
@@ -571,6 +576,8 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
                     t.title += f" [identity {i} of {len(groups)}]"
                     t.key += f"-{i}"
             tables += new
+    if not tables and metrics and len(failed) < len(studies):
+        raise UserError(f"no successful trial has a value for {', '.join(metrics)}")
     if not tables:
         errs = df.loc[df.get("status", pd.Series(dtype=str)) == "error", "error"]
         hint = f"; first error: {errs.iloc[0]}" if len(errs) else ""
@@ -580,8 +587,8 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
 
 def _study_tables(ok: pd.DataFrame, s: str, metrics: list[str] | None) -> list[Table]:
     if metrics:
-        _check_metrics(ok, metrics, s)
-        return _generic(ok, s, metrics)
+        here = [m for m in metrics if m in ok.columns]  # the study's columns with a value
+        return _generic(ok, s, here) if here else []
     if s == "benchmark":
         return _benchmark(ok) or _generic(ok, s, None)
     if s == "robustness":
