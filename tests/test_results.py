@@ -275,6 +275,25 @@ def test_read_errors_are_one_line(tmp_path, capsys):
         build_tables(read_results(tmp_path, "benchmark"), "benchmark")
 
 
+def test_a_figure_that_cannot_be_written_leaves_nothing(results_dir, tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    calls = []
+
+    def full_disk(self, path, **kw):
+        calls.append(path)
+        if len(calls) == 2:  # the second figure: the first is already on disk
+            raise OSError(28, "No space left on device")
+        open(path, "wb").write(b"x")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    out = tmp_path / "new" / "fig"
+    assert main(["plot", str(results_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "No space left" in err and len(err.strip().splitlines()) == 1
+    assert len(calls) == 2 and not (tmp_path / "new").exists()  # the first figure and the folders went
+
+
 def test_plots(results_dir, tmp_path, capsys):
     out = tmp_path / "fig"
     assert main(["plot", str(results_dir), "--out", str(out)]) == 0
@@ -292,6 +311,15 @@ def test_plots(results_dir, tmp_path, capsys):
     write_row(only_speed, dict(study="speed", model="ca", trial_id="a", fit_seconds=1.0))
     assert main(["plot", str(only_speed), "--out", str(tmp_path / "none")]) == 2
     assert not (tmp_path / "none").exists()
+    # --out where no folder can be: one line, exit 2, nothing left behind
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    capsys.readouterr()
+    for bad in (afile, afile / "sub"):
+        assert main(["plot", str(results_dir), "--out", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert afile.read_text() == "x"
 
 
 def test_print_oracle_and_panel_info():

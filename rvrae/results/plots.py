@@ -270,21 +270,38 @@ def make_plots(results_dir: str | Path, out_dir: str | Path, fmt: str = "png", i
     for study in ("benchmark", "robustness", "tune"):
         _one_identity(ok, study, identity)  # several identities without a choice: UserError now
     out = Path(out_dir)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a folder")
+    created = [p for p in (out, *out.parents) if not p.exists()]  # what a failure must remove
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {str(out)!r}: cannot create the folder ({e.strerror or e})") from None
+    written: list[Path] = []
 
     def save(fig, name: str) -> Path:
         path = out / f"{name}.{fmt}"
         fig.tight_layout()
+        written.append(path)
         fig.savefig(path, dpi=120, format=fmt)
         plt.close(fig)
         return path
 
+    def undo() -> None:
+        for p in written:
+            p.unlink(missing_ok=True)
+        for p in created:  # deepest first
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+
     figures = (_plot_long_short, _plot_rank_ic_by_m, _plot_beta_span, _plot_tune_history, _plot_learning_curves)
-    paths = [p for p in (f(ok, plt, save, identity) for f in figures) if p]
+    try:
+        paths = [p for p in (f(ok, plt, save, identity) for f in figures) if p]
+    except OSError as e:
+        undo()
+        raise UserError(f"--out {str(out)!r}: cannot write a figure ({e.strerror or e})") from None
     if not paths:
-        if created:
-            out.rmdir()
+        undo()
         raise UserError(
             f"nothing to plot in {str(results_dir)!r}: no long-short series (ls_gross), robustness "
             "omitted_rank_ic or tune objective in successful trials"
