@@ -157,12 +157,13 @@ def plot(
     out: Path = typer.Option(..., "--out", help="folder for the figures"),
     fmt: str = typer.Option("png", "--format", help="png, svg or pdf"),
     identity: Optional[int] = typer.Option(None, help="draw study identity N where a study's rows hold several"),
+    study: Optional[str] = typer.Option(None, help="one study's figures only (tune, benchmark, robustness)"),
 ):
     """Figures: cumulative long-short returns with their spread over seeds, Rank IC by m,
     tuning history; each title names the data and the split."""
     from rvrae.results.plots import make_plots
 
-    for p in make_plots(directory, out, fmt=fmt, identity=identity):
+    for p in make_plots(directory, out, fmt=fmt, identity=identity, study=study):
         console.print(f"wrote {p}", soft_wrap=True)
 
 

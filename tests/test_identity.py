@@ -138,7 +138,7 @@ def test_bad_identity_choice_is_one_line(tmp_path, capsys):
     write_row(tmp_path, _row("a", {}))
     assert rvrae_main(["table", str(tmp_path), "--identity", "2"]) == 2
     assert "--identity 2" in capsys.readouterr().err
-    with pytest.raises(UserError, match="1 identities"):
+    with pytest.raises(UserError, match="the benchmark rows hold 1 identity: .*(1 row)"):
         build_tables(read_results(tmp_path), identity=5)
 
 
@@ -152,6 +152,31 @@ def test_a_figure_never_mixes_identities(tmp_path, capsys):
     assert "--identity" in capsys.readouterr().err and not figs.exists()
     assert rvrae_main(["plot", str(tmp_path), "--out", str(figs), "--identity", "2"]) == 0
     assert [p.name for p in figs.iterdir()] == ["cumulative_long_short.png"]
+
+
+def test_identity_n_is_numbered_within_each_study(tmp_path, capsys):
+    """--identity N picks each study's Nth identity; a study without one is left out (the
+    robustness rows below hold one identity, the benchmark's two), and plot takes --study."""
+    for i, split in enumerate(("3/1/1", "2/1/1")):
+        ident = StudyIdentity("fp", "p.parquet", tuple(map(int, split.split("/"))), None).columns()
+        write_row(tmp_path, _row(f"t{i}", {}, ls_gross=[0.01, 0.02], ls_net=[0.0, 0.01],
+                                 ls_dates=["2020-01", "2020-02"], **ident))  # fmt: skip
+    ident = StudyIdentity("fp", "p.parquet", (3, 1, 1), None).columns()
+    for seed in range(2):
+        write_row(tmp_path, {**_row(f"r{seed}", {}), "study": "robustness", "seed": seed, "m": 50,
+                             "omitted_rank_ic": 0.02 + 0.01 * seed, **ident})  # fmt: skip
+    df = read_results(tmp_path)
+    assert {t.study for t in build_tables(df, identity=2)} == {"benchmark"}
+    assert {t.study for t in build_tables(df, identity=1)} == {"benchmark", "robustness"}
+    figs = tmp_path / "figs"
+    assert rvrae_main(["plot", str(tmp_path), "--out", str(figs), "--identity", "2"]) == 0
+    assert [p.name for p in figs.iterdir()] == ["cumulative_long_short.png"]
+    only = tmp_path / "only"
+    assert rvrae_main(["plot", str(tmp_path), "--out", str(only), "--study", "robustness"]) == 0
+    assert [p.name for p in only.iterdir()] == ["rank_ic_by_m.png"]
+    capsys.readouterr()
+    assert rvrae_main(["plot", str(tmp_path), "--out", str(tmp_path / "x"), "--identity", "3"]) == 2
+    assert "--identity 3" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_squares_are_another_panel_for_resume_and_the_tables(ray_session, tiny_data_file, tmp_path, capsys):

@@ -27,7 +27,8 @@ from rvrae.errors import UserError
 from rvrae.results.render import model_label
 from rvrae.results.store import read_results
 from rvrae.metrics import span_factor
-from rvrae.results.tables import identities, of_identities, ok_rows, order_rows, select_identity, tune_objective
+from rvrae.results.tables import (identities, of_identities, ok_rows, order_rows, select_identity,
+                                  studies_with_identity, tune_objective)
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -255,10 +256,12 @@ def _plot_learning_curves(ok: pd.DataFrame, plt, save, identity=None) -> Path | 
     return save(fig, "learning_curves")
 
 
-def make_plots(results_dir: str | Path, out_dir: str | Path, fmt: str = "png", identity: int | None = None) -> list[Path]:
+def make_plots(results_dir: str | Path, out_dir: str | Path, fmt: str = "png", identity: int | None = None,
+               study: str | None = None) -> list[Path]:  # fmt: skip
     """Write every figure the results allow into `out_dir` as `fmt` (png, svg or pdf);
     returns their paths. `identity`: which study identity to draw where a study has several
-    (checked for every study before anything is written)."""
+    (numbered within each study; a study without an identity N is left out; checked for every
+    study before anything is written). `study`: that study's figures only."""
     if fmt not in FORMATS:
         raise UserError(f"unknown figure format {fmt!r} (known: {', '.join(FORMATS)})")
     import matplotlib
@@ -266,9 +269,11 @@ def make_plots(results_dir: str | Path, out_dir: str | Path, fmt: str = "png", i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = _with_oracle(ok_rows(read_results(results_dir)), results_dir)
-    for study in ("benchmark", "robustness", "tune"):
-        _one_identity(ok, study, identity)  # several identities without a choice: UserError now
+    ok = _with_oracle(ok_rows(read_results(results_dir, study)), results_dir)
+    kept = studies_with_identity(ok, [s for s in ("benchmark", "robustness", "tune") if (ok["study"] == s).any()], identity)
+    ok = ok[ok["study"].isin(kept)]
+    for s in kept:
+        _one_identity(ok, s, identity)  # several identities without a choice: UserError now
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file, not a folder")

@@ -358,21 +358,34 @@ def identity_groups(df: pd.DataFrame) -> list[pd.DataFrame]:
 
 
 def describe_groups(groups: list[pd.DataFrame]) -> str:
-    return "; ".join(f"[{i}] {describe(g.iloc[0])} ({len(g)} rows)" for i, g in enumerate(groups, 1))
+    return "; ".join(f"[{i}] {describe(g.iloc[0])} ({len(g)} row{'' if len(g) == 1 else 's'})" for i, g in enumerate(groups, 1))
 
 
 def select_identity(df: pd.DataFrame, identity: int | None, one: bool = False, what: str = "") -> list[pd.DataFrame]:
     """The identity groups to show: all of them, or only number `identity`. `one`: the caller
-    can show a single group only (csv, plots): several without a choice is a UserError."""
+    can show a single group only (csv, plots): several without a choice is a UserError.
+    Identities are numbered within a study (each study's rows: `studies_with_identity`)."""
     groups = identity_groups(df)
     if identity is not None:
         if not 1 <= identity <= len(groups):
-            raise UserError(f"--identity {identity}: the results hold {len(groups)} identities: {describe_groups(groups)}")
+            where = f"the {df['study'].iloc[0]} rows hold" if "study" in df.columns and df["study"].nunique() == 1 else "the results hold"
+            n = f"{len(groups)} identit{'y' if len(groups) == 1 else 'ies'}"
+            raise UserError(f"--identity {identity}: {where} {n}: {describe_groups(groups)}")
         return [groups[identity - 1]]
     if one and len(groups) > 1:
         raise UserError(f"the results hold rows of {len(groups)} study identities, which {what} must not mix; "
                         f"choose one with --identity N: {describe_groups(groups)}")  # fmt: skip
     return groups
+
+
+def studies_with_identity(df: pd.DataFrame, studies: list[str], identity: int | None) -> list[str]:
+    """The studies to show for `--identity N` over several studies: those whose rows hold an
+    identity N (numbered within each study); all of them without N, or when none holds it
+    (then `select_identity` says what each holds)."""
+    if identity is None:
+        return studies
+    have = [s for s in studies if len(identity_groups(df[df["study"] == s])) >= identity]
+    return have or studies
 
 
 def one_identity_per_study(df: pd.DataFrame, what: str) -> None:
@@ -545,6 +558,7 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
         raise UserError(f"no results for study {study!r}")
     if metrics:
         _check_metrics(df, metrics)
+    studies = studies_with_identity(df, studies, identity)
     tables, failed = [], []
     for s in studies:
         groups = select_identity(df[df["study"] == s], identity)
