@@ -261,6 +261,10 @@ def test_write_row_atomic_replace_and_cells(tmp_path):
 def test_read_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(UserError, match="does not exist"):
         read_results(tmp_path / "missing")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="'.*afile' is a file, not a results folder"):
+        read_results(tmp_path / "afile")
+    (tmp_path / "afile").unlink()
     with pytest.raises(UserError, match="no results"):
         read_results(tmp_path)
     write_row(tmp_path, dict(study="tune", model="ca", trial_id="a", valid_rank_ic=0.1))

@@ -180,6 +180,8 @@ def read_results(out_dir: str | Path, study: str | None = None) -> pd.DataFrame:
     """Every finished trial row under `out_dir` (optionally of one study) as a DataFrame,
     with `study` and `model` restored from the path. UserError if there is nothing to read."""
     root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{str(root)!r} is a file, not a results folder")
     if not root.is_dir():
         raise UserError(f"results folder {str(root)!r} does not exist")
     files = result_files(root, study)
