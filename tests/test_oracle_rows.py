@@ -40,7 +40,7 @@ def test_oracle_rows_are_the_oracles_scores_on_the_studys_split(synth, tmp_path)
     rows = read_oracle(tmp_path)
     assert path.is_file() and len(rows) == 3  # m = 0 once (no seed in it), m = 20 per seed
     assert list(zip(rows["seed"], rows["m"])) == [(0, 0), (0, 20), (1, 20)]
-    train, _, test = split_by_years(p, *SPLIT)
+    train, valid, test = split_by_years(p, *SPLIT)
     o = synth.oracle
     o.rescore(p, test.target_months)  # what `rvrae data synth` prints, on this split
     for k in ("r2_total", "r2_pred", "r2_forecast", "rank_ic", "sharpe", "sharpe_net", "coverage90"):
@@ -60,6 +60,11 @@ def test_oracle_rows_are_the_oracles_scores_on_the_studys_split(synth, tmp_path)
         mask[:, omitted] = p.mask[m][:, omitted]
         want = np.nanmean(ic_series(o.r_hat[m], p.ret[m], mask, rank=True))
         assert r["omitted_rank_ic"] == pytest.approx(want, rel=1e-6)
+        v = valid.target_months  # valid_*: without the omitted stocks, as the trials' (SPEC §2.3)
+        kept = p.mask[v].copy()
+        kept[:, omitted] = False
+        assert r["valid_rank_ic"] == pytest.approx(np.nanmean(ic_series(o.r_hat[v], p.ret[v], kept, rank=True)), rel=1e-6)
+        assert r["valid_rank_ic"] != rows["valid_rank_ic"].iloc[0]
     assert rows["omitted_rank_ic"].iloc[1] != rows["omitted_rank_ic"].iloc[2]
 
 

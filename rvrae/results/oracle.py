@@ -91,13 +91,16 @@ def write_oracle(out_dir: str | Path, study: str, panel, identity, cells: list[d
         pairs |= {(int(s), int(m)) for s, m in zip(old["seed"], old["m"])}
     except (OSError, ValueError, KeyError, pa.ArrowException):  # none yet (or unreadable: rewritten)
         pass
-    # every metric but the omitted stocks' is the same in every cell: scored once
+    # the test months' metrics are the same in every cell: scored once; the omitted stocks'
+    # and, at m > 0, the validation months' (without the omitted stocks, as a trial's) per cell
     base = evaluate(panel, fc, valid.target_months, test.target_months, np.zeros(0, dtype=np.int64))
     rows = []
     for seed, m in sorted(pairs):
         omitted = omit_stocks(train, test, m, seed)
+        own = {} if m == 0 else {k: v for k, v in evaluate(panel, fc, valid.target_months, test.target_months,
+                                                           omitted).items() if k.startswith("valid_")}  # fmt: skip
         rows.append({**identity.columns(), "study": study, "model": ORACLE, "seed": seed, "m": m, "status": "ok",
-                     "omitted": json.dumps([int(i) for i in omitted]), **base,
+                     "omitted": json.dumps([int(i) for i in omitted]), **base, **own,
                      **evaluate_omitted(panel, fc, test.target_months, omitted)})  # fmt: skip
     stem.parent.mkdir(parents=True, exist_ok=True)
     table = forecast_table(panel, fc, valid.target_months, test.target_months, np.zeros(0, dtype=np.int64))
@@ -129,7 +132,8 @@ def read_oracle(out_dir: str | Path, cost: float | None = None, weighting: str =
             shared = scores(fc, n_stocks, cost=cost, weighting=weighting, parts=("valid_", ""))  # every cell's
             for i, r in rows.iterrows():
                 fc["omitted"] = fc["stock"].isin(json.loads(r["omitted"]))
-                mine = scores(fc, n_stocks, cost=cost, weighting=weighting, parts=("omitted_",))
+                parts = ("omitted_",) if int(r["m"]) == 0 else ("omitted_", "valid_")  # valid_: without them
+                mine = scores(fc, n_stocks, cost=cost, weighting=weighting, parts=parts)
                 for k, v in {**shared, **mine}.items():
                     rows.loc[i, k] = v
         frames.append(rows)
