@@ -432,11 +432,14 @@ class RVRAE(NeuralFactorModel):
         y, beta, q = net.infer(batch, every_stock=True)
         mu_p, lv_p = q["mu_p"][:, -1], q["lv_p"][:, -1]  # prior from h_{t-1} (eq. 4)
         f_post = net.decode(q["mu_q"][:, -1].unsqueeze(0), y)[0]  # sees ret[t]
-        # Prior draws through the decoder, from a generator seeded by the months (the same
-        # months give the same forecast whatever the global RNG did before): their mean is
-        # the factor forecast, their spread the factor part of the risk forecast.
-        gen = torch.Generator(device=mu_p.device).manual_seed(int(batch.months[0]))
-        eps = torch.randn((cfg.forecast_samples, *mu_p.shape), generator=gen, device=mu_p.device)
+        # Prior draws through the decoder, each month's from a generator seeded by that month
+        # (a month's forecast is the same whatever the global RNG did before and whichever
+        # months share its batch): their mean is the factor forecast, their spread the factor
+        # part of the risk forecast. One small draw per month of the batch, not per stock.
+        dev = mu_p.device
+        eps = torch.stack([torch.randn((cfg.forecast_samples, mu_p.shape[-1]), device=dev,
+                                       generator=torch.Generator(device=dev).manual_seed(int(m)))
+                           for m in batch.months], dim=1)  # [S, B, K]  # fmt: skip
         f_draws = net.decode(mu_p + (0.5 * lv_p).exp() * eps, y)  # [S, B, K]
         f_prior = f_draws.mean(0)  # [B, K]
         f_dev = f_draws - f_prior
