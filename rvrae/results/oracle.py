@@ -77,7 +77,7 @@ def write_oracle(out_dir: str | Path, study: str, panel, identity, cells: list[d
     from rvrae.data.panel import omit_stocks, split_by_years
     from rvrae.results.forecasts import forecast_table, to_bytes
     from rvrae.results.store import atomic_write
-    from rvrae.study.trainable import evaluate, evaluate_omitted
+    from rvrae.study.trainable import evaluate, evaluate_omitted, evaluate_valid
 
     oracle = panel.meta.get("oracle")
     if oracle is None or study not in ORACLE_STUDIES or not cells:
@@ -97,8 +97,7 @@ def write_oracle(out_dir: str | Path, study: str, panel, identity, cells: list[d
     rows = []
     for seed, m in sorted(pairs):
         omitted = omit_stocks(train, test, m, seed)
-        own = {} if m == 0 else {k: v for k, v in evaluate(panel, fc, valid.target_months, test.target_months,
-                                                           omitted).items() if k.startswith("valid_")}  # fmt: skip
+        own = evaluate_valid(panel, fc, valid.target_months, omitted) if m else {}
         rows.append({**identity.columns(), "study": study, "model": ORACLE, "seed": seed, "m": m, "status": "ok",
                      "omitted": json.dumps([int(i) for i in omitted]), **base, **own,
                      **evaluate_omitted(panel, fc, test.target_months, omitted)})  # fmt: skip

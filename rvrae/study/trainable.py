@@ -100,14 +100,9 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
     from rvrae.models.base import prevailing_mean
 
     lam = prevailing_mean(fc.f_post)  # eq. 33: mean of f_post over every earlier month
-    out: dict = {}
-    for prefix, months in (("valid_", valid_months), ("", test_months)):
-        mask = panel.mask[months]
-        if prefix and len(omitted):  # the omitted stocks were removed from valid (SPEC §2.3)
-            mask = mask.copy()
-            mask[:, np.asarray(omitted, dtype=np.int64)] = False
-        s = score(panel.ret[months], mask, _take(fc, months), lam[months])
-        out.update({prefix + k: float(v) for k, v in s.items()})
+    out = evaluate_valid(panel, fc, valid_months, omitted, lam)
+    s = score(panel.ret[test_months], panel.mask[test_months], _take(fc, test_months), lam[test_months])
+    out.update({k: float(v) for k, v in s.items()})
     out.update(evaluate_omitted(panel, fc, test_months, omitted, lam))
     m = np.asarray(test_months)
     oracle = panel.meta.get("oracle")
@@ -126,6 +121,22 @@ def evaluate(panel, fc, valid_months, test_months, omitted) -> dict:
     out["ls_net"] = json.dumps([float(x) for x in np.asarray(ls["net"])])
     out["ls_dates"] = json.dumps([str(d) for d in panel.dates[test_months]])
     return out
+
+
+def evaluate_valid(panel, fc, valid_months, omitted, lam=None) -> dict:
+    """The `valid_*` metrics of `evaluate`: the validation months without the omitted stocks,
+    which were removed from valid (SPEC §2.3). `lam`: the prevailing mean of f_post, if
+    already made."""
+    from rvrae.metrics import score
+    from rvrae.models.base import prevailing_mean
+
+    lam = prevailing_mean(fc.f_post) if lam is None else lam
+    mask = panel.mask[valid_months]
+    if len(omitted):
+        mask = mask.copy()
+        mask[:, np.asarray(omitted, dtype=np.int64)] = False
+    s = score(panel.ret[valid_months], mask, _take(fc, valid_months), lam[valid_months])
+    return {"valid_" + k: float(v) for k, v in s.items()}
 
 
 def without_history(panel, omitted, test_start: int):
