@@ -258,16 +258,16 @@ class _Columns:
                 self.names = list(self.table.column_names)
                 self.n = self.table.num_rows
             else:
-                # a stock id column is read as written: a gvkey 001004 keeps its zeros, as it
-                # does from Parquet (`_ids` turns plain numbers back into numbers)
-                ids = {c for c in pd.read_csv(path, nrows=0).columns
-                       if c == id_col or str(c).lower() in {a.lower() for a in ID_ALIASES}}
-                self.frame = pd.read_csv(path, low_memory=False, dtype={c: str for c in ids})
-                # the header as written: pandas renames a repeated name (x1, x1.1)
-                raw = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0]
-                raw = raw.dropna()  # empty header cells are pandas' "Unnamed: k"
+                # the header as written (pandas renames a repeated name: x1, x1.1); empty
+                # cells are pandas' "Unnamed: k"
+                raw = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].dropna()
                 if raw.duplicated().any():
                     raise UserError(f"{name}: column {raw[raw.duplicated()].iloc[0]!r} appears twice")
+                # a stock id column is read as written: a gvkey 001004 keeps its zeros, as it
+                # does from Parquet (`_read_long` turns plain numbers back into numbers)
+                aliases = {a.lower() for a in ID_ALIASES}
+                ids = {c for c in raw if c == id_col or c.lower() in aliases}
+                self.frame = pd.read_csv(path, low_memory=False, dtype={c: str for c in ids})
                 self.names = [str(c) for c in self.frame.columns]
                 self.frame.columns = self.names
                 self.n = len(self.frame)
@@ -349,10 +349,10 @@ def _read_long(path: Path, kind: str, chars, exclude=None, given=None, notices=N
     ids_raw = cols.get(id_col)
     if ids_raw.isna().any():
         raise UserError(f"{name}: column {id_col!r} is empty at row {_first_row(ids_raw.isna())}")
-    if kind == "csv":
+    if kind == "csv":  # read as text (`_Columns`): plain numbers (PERMNO) sorted as numbers
         ids_raw = ids_raw.str.strip()
-    if kind == "csv" and ids_raw.str.fullmatch(r"0|[1-9]\d{0,17}").all():
-        ids_raw = ids_raw.astype(np.int64)  # plain numbers (PERMNO): sorted as numbers
+        if ids_raw.str.fullmatch(r"0|[1-9]\d{0,17}").all():
+            ids_raw = ids_raw.astype(np.int64)
     stock, uniq_ids = pd.factorize(ids_raw, sort=True)
     ids = np.asarray([str(i) for i in uniq_ids])
     if len(set(ids)) != len(ids):  # e.g. 1 and "1" in one object column
