@@ -64,12 +64,30 @@ def wait_for_peers(barrier: str | None, timeout: float = 3600.0) -> None:
     if not folder or not n.isdigit() or int(n) < 1:
         raise UserError(f"--barrier: expected DIR:N, got {barrier!r}")
     path = Path(folder)
+    if not path.is_dir():
+        raise UserError(f"--barrier {barrier}: {folder} is not a directory")
     (path / f"ready.{os.getpid()}").touch()
     deadline = time.monotonic() + timeout
     while len(list(path.glob("ready.*"))) < int(n):
         if time.monotonic() > deadline:
             raise UserError(f"--barrier {barrier}: the other processes did not come in {timeout:.0f} s")
         time.sleep(0.01)
+
+
+def check_device(device: str) -> None:
+    """`cpu` or `cuda[:N]` that torch can use here, else a UserError."""
+    import re
+
+    import torch
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise UserError(f"--device: expected cpu or cuda[:N], got {device!r}")
+    if device != "cpu":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: torch sees no CUDA device on this machine")
+        index = torch.device(device).index or 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
 
 
 def epoch_benchmark(
@@ -106,6 +124,10 @@ def epoch_benchmark(
 
     if n_months < 7:
         raise UserError(f"--months must be at least 7, got {n_months}")
+    for flag, v in (("--stocks", n_stocks), ("--chars", n_chars), ("--epochs", epochs)):
+        if v < 1:
+            raise UserError(f"{flag} must be at least 1, got {v}")
+    check_device(device)
     panel = random_panel(n_stocks, n_months, n_chars, seed=seed)
     k = n_months // 7
     train = panel.view(np.arange(0, n_months - 2 * k))
@@ -114,18 +136,20 @@ def epoch_benchmark(
     # One-time costs out of the timing: the first optimizer imports torch._dynamo (seconds).
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     cuda = device.startswith("cuda")
+    if cuda:  # every cuda call below then means `device` (cuda:1 is not GPU 0)
+        torch.cuda.set_device(torch.device(device))
     ends: list[float] = []  # perf_counter at the end of each epoch (its validation included)
 
     def epoch_end(epoch: int, record: dict) -> None:
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         ends.append(time.perf_counter())
 
     wait_for_peers(barrier)
     started, t0 = time.time(), time.perf_counter()
     est.fit(train, valid, seed=seed, device=device, progress=epoch_end)
     if cuda:
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     ran = max(1, len(ends))
     first = ends[0] - t0 if ends else seconds
@@ -141,13 +165,13 @@ def epoch_benchmark(
         "ended": started + seconds,  # (speed case s) are checked to overlap by these
         "epochs": ran,
         "peak_rss_mb": peak_rss_mb(),
-        "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan"),
+        "gpu_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else float("nan"),
         "n_stocks": n_stocks,
         "n_months": n_months,
         "n_chars": n_chars,
         "seq_len": seq_len,
         "n_factors": n_factors,
-        "device": device + (f" ({torch.cuda.get_device_name()})" if cuda else ""),
+        "device": device + (f" ({torch.cuda.get_device_name(device)})" if cuda else ""),
         "torch_threads": torch.get_num_threads(),
     }
 

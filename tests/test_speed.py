@@ -9,7 +9,8 @@ import torch
 from rvrae.cli import main
 from rvrae.errors import UserError
 from rvrae.results.store import read_results
-from rvrae.study.speed import Grid, Sizes, inprocess_cold_wall, loglog_slope, met, run_speed, summarise
+from rvrae.study.speed import (Grid, Sizes, g_label, grid_options, inprocess_cold_wall, json_subprocesses, loglog_slope,
+                               met, run_speed, summarise)
 
 
 def test_loglog_slope_recovers_the_exponent():
@@ -39,7 +40,12 @@ def test_verdicts_follow_the_targets():
     g, close = "g ASHA/none tune rvrae, 10 trials x 8 ep", {"best": 0.049, "ref_best": 0.050, "seed_std": 0.003}
     assert met(g, {"ratio": 0.4, **close}) == "met" and met(g, {"ratio": 0.6, **close}) == "missed"
     assert met(g, {**close, "ratio": 0.4, "best": 0.040}) == "missed"  # cheaper, but worse than the seed noise
-    assert met("h forecasts stored/not", {"ratio": 1.03}) == "met" and met("h forecasts", {"ratio": 1.2}) == "missed"
+    h = "h forecasts stored/not, " + Sizes.full().store_grid.label()
+    assert met(h, {"ratio": 1.03}) == "met" and met(h, {"ratio": 1.2}) == "missed"
+    # --quick's reduced g and h are context, as its a, b and grids are: no verdict
+    quick = Sizes.quick()
+    assert met(f"{g_label(quick.asha)}, 150 stocks", {"ratio": 0.9, **close}) == ""
+    assert met("h forecasts stored/not, " + quick.store_grid.label(), {"ratio": 1.2}) == ""
 
 
 def test_summary_takes_medians_per_case_and_model():
@@ -80,6 +86,50 @@ def test_bad_cases_are_user_errors(tmp_path):
         with pytest.raises(UserError, match="no CUDA device"):
             run_speed("b", out=tmp_path, device="cuda")
     assert not any(tmp_path.iterdir())
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(UserError, match="is not a directory"):  # before any case runs
+        run_speed("e", out=afile, sizes=Sizes(scale_stocks=(20, 40), scale_months=28, scale_models=("ipca",)))
+
+
+def test_case_a_without_the_peer_package_is_a_user_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ipca" else real(name, *a))
+    with pytest.raises(UserError, match="peer ipca package"):
+        run_speed("a", out=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_bench_command_line_errors_exit_2(tmp_path, capsys):
+    from rvrae.bench import main as bench_main
+
+    for argv, says in ((["--device", "gpu"], "expected cpu or cuda"), (["--stocks", "0"], "--stocks must be"),
+                       (["--epochs", "0"], "--epochs must be"),
+                       (["--barrier", f"{tmp_path}/none:2", "--stocks", "20", "--months", "14", "--chars", "2"],
+                        "is not a directory")):  # fmt: skip
+        assert bench_main(["--model", "ipca", *argv]) == 2, argv
+        assert says in capsys.readouterr().err, argv
+
+
+def test_harness_cases_run_on_cpus_whatever_the_machine_has(tmp_path):
+    """c, d, g and h measure the harness with CPU trials (--device moves b, e and s only): on a
+    GPU box the runner would otherwise give each trial a quarter GPU while case c's loop
+    reference stays on the CPU."""
+    assert grid_options(Grid("x", {}), tmp_path, 1).gpus_per_trial == 0.0
+
+
+def test_subprocesses_past_their_time_are_killed_with_a_message():
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="sleeper did not finish in 1 s"):
+        json_subprocesses([sys.executable, "-c", "import time; time.sleep(30)"], 1, "sleeper", 2, timeout=1)
+    assert time.perf_counter() - t0 < 20
+    chatty = "import sys; sys.stderr.write('x' * 300_000); print('{\"ok\": 1}')"
+    assert json_subprocesses([sys.executable, "-c", chatty], 1, "chatty", 3) == [{"ok": 1}] * 3
 
 
 def test_in_process_reference_runs_in_a_new_process_without_ray():

@@ -22,9 +22,10 @@ DEMO_M = [50, 100, 150]
 DEMO_SYNTH = dict(n_stocks=250, n_months=120, n_chars=12)
 DEMO_SPLIT = (6, 2, 2)
 # Smaller nets and shorter windows, 2 months per step at a higher learning rate, 8 epochs at
-# most (the CLI's --epochs): enough for every model to learn the panel (measured: RVRAE 0.103
-# total R² against IPCA's 0.112 on the benchmark's test years; at the earlier 4 epochs of 4
-# months per step, 72 Adam steps, it showed 0.016) and 48 trials in about 4 minutes on 2 cores.
+# most (the CLI's --epochs): enough for every model to learn the panel (measured: RVRAE 0.116
+# total R² against IPCA's 0.112 on the benchmark's test years, as the README says; at the
+# earlier 4 epochs of 4 months per step, 72 Adam steps, it showed 0.016) and 48 trials in
+# under 2 minutes on 2 cores.
 DEMO_CONFIGS = {
     "rvrae": {"hidden": 16, "seq_len": 3, "mc_samples": 4, "batch_months": 2, "lr": 5e-3, "patience": 3},
     "ca": {"batch_months": 2, "lr": 3e-3},
