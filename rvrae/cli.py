@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from rvrae.errors import UserError
+from rvrae.errors import Interrupted, UserError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         Console(stderr=True).print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return UserError.exit_code
+    except Interrupted as e:  # `rvrae demo` stopped by Ctrl-C: its rows stay
+        Console(stderr=True).print(f"interrupted: {e}", markup=False, highlight=False, soft_wrap=True)
+        return Interrupted.exit_code
     except typer.Exit as e:  # --help and friends
         return e.exit_code
     except _usage_errors() as e:  # bad command, option or value: one line, exit 2, no traceback

@@ -10,3 +10,11 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
     exit_code = 2
+
+
+class Interrupted(Exception):
+    """A study stopped before every planned trial was recorded (Ctrl-C: Ray Tune catches the
+    first SIGINT and returns as if done). Printed as one line, exit code 130; the rows written
+    so far stay and `--resume` runs the rest."""
+
+    exit_code = 130

@@ -55,7 +55,7 @@ def test_robustness_grid_rows_and_resume(ray_session, tiny_panel, tmp_path):
 
     files = set(result_files(out, "robustness"))
     again = run_study(_opts(out, resume=True), panel=tiny_panel)  # grids resume from the store
-    assert not again.restored and again.skipped == 4 and again.rows == []
+    assert again.skipped == 4 and again.rows == []
     assert set(result_files(out, "robustness")) == files
     # Without Tune's experiment the results store decides: every cell is there, nothing runs.
     import shutil
@@ -159,3 +159,69 @@ def test_unwritable_out_and_gpus_on_a_cpu_cluster(ray_session, tiny_data_file, t
     out = tmp_path / "gpu"
     assert main("robustness", common + ["--out", str(out), "--gpus-per-trial", "1"]) == 2
     assert "no GPU" in capsys.readouterr().err and not out.exists()
+
+
+def test_tune_resumes_from_the_store_with_new_proposals(ray_session, tiny_panel, tmp_path):
+    """A tune study resumes as grids do, from the rows: Tune's own experiment state (still on
+    disk here) is not restored, so --resume with more --samples runs the missing trials, and
+    the sampler's seed moves on, so TPE's start-up trials are not the recorded configs again.
+    Re-running without --resume is refused, as for a grid."""
+    out = tmp_path / "res"
+    opts = dict(study="tune", models=["ipca"], m=[0], seeds=1)
+    run_study(_opts(out, samples=3, **opts), panel=tiny_panel)
+    before = read_results(out, study="tune")
+    assert (out / "_tune").exists() and len(before) == 3
+    with pytest.raises(UserError, match="--resume"):
+        run_study(_opts(out, samples=3, **opts), panel=tiny_panel)
+    more = run_study(_opts(out, samples=6, resume=True, **opts), panel=tiny_panel)
+    assert len(more.rows) == 3
+    df = read_results(out, study="tune")
+    assert len(df) == 6 and len(set(df["trial_id"])) == 6
+    new = df[~df["trial_id"].isin(before["trial_id"])]["config"]
+    assert sorted(new) != sorted(before["config"])  # seed 0 again proposed these three
+    assert len(run_study(_opts(out, samples=6, resume=True, **opts), panel=tiny_panel).rows) == 0
+
+
+def test_a_stopped_study_says_so_and_resume_finishes_it(ray_session, tiny_panel, tmp_path):
+    """Ctrl-C: Tune catches the first SIGINT and returns as if done. The study must not then
+    report success: it raises Interrupted (the CLI's exit 130) with the rows so far kept, and
+    --resume runs exactly the rest."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from rvrae.errors import Interrupted
+    from rvrae.results.store import result_files
+
+    out = tmp_path / "res"
+    opts = dict(study="benchmark", models=["ipca"], m=[0], seeds=8, max_concurrent=1)
+
+    def interrupt_after_first_row():
+        deadline = time.monotonic() + 120
+        while not (out.exists() and list(result_files(out, "benchmark"))) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_first_row, daemon=True).start()
+    with pytest.raises(Interrupted, match=r"benchmark: stopped with \d of 8 trials recorded"):
+        run_study(_opts(out, **opts), panel=tiny_panel)
+    kept = len(read_results(out, study="benchmark"))
+    assert 1 <= kept < 8
+    rest = run_study(_opts(out, resume=True, **opts), panel=tiny_panel)
+    assert rest.skipped == kept and len(rest.rows) == 8 - kept
+    df = read_results(out, study="benchmark")
+    assert sorted(df["seed"]) == list(range(8))  # each cell once
+
+
+def test_storage_and_retries_are_checked_before_anything_starts(tmp_path):
+    from rvrae.study.runner import validate
+
+    for storage in ("s3:/bucket/x", "s3://", "s3:// bucket"):
+        with pytest.raises(UserError, match="--storage"):
+            validate(_opts(tmp_path / "o", storage=storage))
+    validate(_opts(tmp_path / "o", storage="s3://bucket/x"))
+    validate(_opts(tmp_path / "o", storage="relative/state"))
+    with pytest.raises(UserError, match="--max-failures must be >= 0"):
+        validate(_opts(tmp_path / "o", max_failures=-1))
+    assert not (tmp_path / "o").exists()

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rvrae.errors import UserError
+from rvrae.errors import Interrupted, UserError
 
 DESCRIPTIONS = {
     "tune": "Optuna (TPE) search per model through Ray Tune; writes <out>/best_configs.json.",
@@ -140,12 +140,15 @@ def main(study: str, argv: list[str] | None = None, console=None) -> int:
     except UserError as e:
         Console(stderr=True).print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return UserError.exit_code
+    except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: the rows so far stay, --resume goes on
+        Console(stderr=True).print(f"interrupted: {e or 'rerun with --resume to finish'}", markup=False,
+                                   highlight=False, soft_wrap=True)  # fmt: skip
+        return Interrupted.exit_code
     except SystemExit as e:  # --help
         return int(e.code or 0)
     console.print(
         f"{study}: {len(run.rows)} trial{'' if len(run.rows) == 1 else 's'} written to {run.out}"
         + (f" ({run.skipped} cells already there)" if run.skipped else "")
-        + (" (restored)" if run.restored else "")
         + f"; {run.cpus_per_trial:g} CPU, {run.gpus_per_trial:g} GPU per trial, {run.max_concurrent} at a time",
         highlight=False, soft_wrap=True,  # one line: a path is not broken at the console's width
     )

@@ -18,11 +18,12 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from rvrae.errors import UserError
+from rvrae.errors import Interrupted, UserError
 from rvrae.identity import StudyIdentity
 from rvrae.study.trainable import model_config, resolved_config, train_trial
 
@@ -68,7 +69,6 @@ class StudyRun:
     cpus_per_trial: float
     gpus_per_trial: float
     max_concurrent: int
-    restored: bool = False
     skipped: int = 0  # cells already in the results store
 
 
@@ -195,6 +195,12 @@ def validate(opts: StudyOptions) -> None:
         raise UserError("--cpus-per-trial must be > 0")
     if opts.max_concurrent is not None and opts.max_concurrent < 1:
         raise UserError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
+    if opts.max_failures < 0:  # Tune reads a negative count as "retry for ever"
+        raise UserError(f"--max-failures must be >= 0, got {opts.max_failures}")
+    if opts.storage is not None and "://" in opts.storage and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+(/\S*)?", opts.storage):
+        raise UserError(f"--storage {opts.storage}: expected a local folder or a URI such as s3://bucket/path")
+    if opts.storage is not None and "://" not in opts.storage and ":/" in opts.storage:
+        raise UserError(f"--storage {opts.storage}: a URI needs '://' (e.g. s3://bucket/path)")
     check_out(opts.out)
 
 
@@ -497,6 +503,11 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
     out = Path(opts.out).resolve()
     lock = lock_out(out)  # one study per folder at a time; before Ray, so a refusal starts nothing
     try:
+        from rvrae.results.store import existing_cells, provenance, remove_leftovers
+
+        existing = existing_cells(out, opts.study)  # a refusal here starts no Ray either
+        if existing and not opts.resume:
+            raise UserError(f"{out} already holds {opts.study} results: pass --resume to continue, or another --out")
         started = connect(opts.address, opts.verbose)
         try:
             capacity, shapes, now = cluster_capacity()
@@ -505,11 +516,6 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
             if started:
                 ray.shutdown()
             raise
-        from rvrae.results.store import existing_cells, provenance, remove_leftovers
-
-        existing = existing_cells(out, opts.study)
-        if existing and not opts.resume and opts.study != "tune":
-            raise UserError(f"{out} already holds {opts.study} results: pass --resume to continue, or another --out")
         if opts.resume:
             remove_leftovers(out, opts.study)  # a killed run's half-written files: redone below
         out.mkdir(parents=True, exist_ok=True)
@@ -531,7 +537,9 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
             common["forecasts"] = False
         if opts.hook is not None:
             common["hook"] = opts.hook
-        storage = opts.storage or str(out / "_tune")
+        # a local --storage is made absolute (pyarrow refuses a relative path: "empty scheme")
+        storage = str(Path(opts.storage).resolve()) if opts.storage and "://" not in opts.storage else opts.storage
+        storage = storage or str(out / "_tune")
         panel_ref = ray.put(panel)  # once per study, shared by every Tuner below
         try:
             from rvrae.results.oracle import TUNE_CELLS, write_oracle
@@ -563,20 +571,17 @@ def _trainable(panel_ref, cpus: float, gpus: float):
     )
 
 
-def _fit(opts, name, path, make_tuner, trainable, sink, live, run, restore: bool = True) -> None:
-    from ray import tune
-
+def _fit(make_tuner, sink, live, run, what: str, expected: int) -> None:
+    """Run a fresh Tuner; then every one of the `expected` trials must have its row, or the
+    study was stopped (Tune catches the first Ctrl-C and returns as if it had finished)."""
     try:
-        if restore and opts.resume and tune.Tuner.can_restore(path):
-            # Our own experiment under --out (a trusted path: restore unpickles its state).
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=False)
-            run.restored = True
-        else:
-            tuner = make_tuner()
-        tuner.fit()
+        make_tuner().fit()
     finally:
         live.close()
         run.rows.extend(sink.written)
+    if len(sink.written) < expected:
+        raise Interrupted(f"{what}: stopped with {len(sink.written)} of {expected} trials recorded in {run.out}; "
+                          f"run the same command with --resume to finish")
 
 
 def storage_join(storage: str, *parts: str) -> str:
@@ -604,11 +609,10 @@ def _grid(opts, cells, panel_ref, common, storage, static, cpus, gpus, conc, run
 
     from rvrae.study.callbacks import LiveProgress, ParquetSink
 
-    # A grid resumes from the results store, never from Tune's experiment state: Tune saves
+    # A study resumes from the results store, never from Tune's experiment state: Tune saves
     # that state at most every ~10 s, so after a SIGKILL it can list finished (and written)
     # cells as pending, and `Tuner.restore` would run them again. The store is written
     # atomically per trial, so "cells not in the store" is exactly what is left to do.
-    path = storage_join(storage, opts.study)
     if not cells:
         return
     trainable = _trainable(panel_ref, cpus, gpus)
@@ -623,7 +627,7 @@ def _grid(opts, cells, panel_ref, common, storage, static, cpus, gpus, conc, run
             run_config=_run_config(opts, opts.study, storage, [sink, live]),
         )
 
-    _fit(opts, opts.study, path, make_tuner, trainable, sink, live, run, restore=False)
+    _fit(make_tuner, sink, live, run, opts.study, len(cells))
 
 
 def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc, run, console) -> None:
@@ -634,13 +638,13 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
     from rvrae.results.store import recorded_keys
     from rvrae.study.callbacks import LiveProgress, ParquetSink
 
+    # Resumed from the store as grids are (not `Tuner.restore`: its pickled state is another
+    # identity's after `--data` changed, ignores a larger --samples, and writes rows to the
+    # folder it was first run in); the search itself continues in optuna.db.
     storage = storage_join(storage, "tune")
-    path = storage_join(storage, name)
-    done = 0
-    if not (opts.resume and tune.Tuner.can_restore(path)):
-        ident = common["identity"].key()
-        # trials, not cells: a search that sampled one config twice ran two of its trials
-        done = sum(1 for k in recorded_keys(run.out, "tune") if k[1] == name and k[5:] == ident) if opts.resume else 0
+    ident = common["identity"].key()
+    # trials, not cells: a search that sampled one config twice ran two of its trials
+    done = sum(1 for k in recorded_keys(run.out, "tune") if k[1] == name and k[5:] == ident) if opts.resume else 0
     samples = max(0, opts.samples - done)
     if samples == 0:
         return
@@ -652,7 +656,9 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
     constants = {**common, "model": name, **TUNE_CELLS[0], "hp": dict(opts.configs.get(name, {}))}
 
     def make_tuner():
-        search = OptunaSearch(space=get_spec(name).space, metric=opts.metric, mode=opts.mode, seed=0,
+        # The sampler's seed moves with the trials already recorded: TPE's random start-up
+        # trials come from that seed, and seed 0 again would propose the recorded configs again.
+        search = OptunaSearch(space=get_spec(name).space, metric=opts.metric, mode=opts.mode, seed=done,
                               storage=optuna_storage(run.out), study_name=optuna_study_name(name, common["identity"]))  # fmt: skip
         return tune.Tuner(
             trainable,
@@ -664,7 +670,7 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
             run_config=_run_config(opts, name, storage, [sink, live]),
         )
 
-    _fit(opts, name, path, make_tuner, trainable, sink, live, run)
+    _fit(make_tuner, sink, live, run, f"tune {name}", samples)
 
 
 def optuna_storage(out: Path):
