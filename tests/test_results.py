@@ -433,3 +433,66 @@ def test_a_metric_some_study_lacks_is_shown_where_it_exists(tmp_path):
         build_tables(df, metrics=["r2_pred"])  # a metric the harness writes, NaN everywhere
     with pytest.raises(UserError, match="unknown metric 'nosuch'"):
         build_tables(df, metrics=["nosuch"])
+
+
+def test_figures_keep_configs_apart_draw_the_oracle_as_a_level_and_number_identities_as_tables_do(tmp_path, capsys):
+    """A grid run under two configs is two lines (as the tables' two rows), never their mean;
+    tune's oracle is a dashed level, not a model with one trial; a robustness learning curve
+    holds one m; --identity N names the same rows in `rvrae table` and `rvrae plot`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rvrae.results import plots
+    from rvrae.results.oracle import ORACLE
+
+    figs = {}
+
+    def keep(fig, name):
+        figs[name] = fig
+        return name
+
+    hist = [{"epoch": e, "train_loss": 1.0 / e, "valid_loss": 1.2 / e} for e in (1, 2, 3)]
+    for k, ic in ((5, 0.04), (10, 0.54)):
+        for s in range(3):
+            for m in (50, 100):
+                write_row(tmp_path, dict(study="robustness", model="rvrae", seed=s, m=m, trial_id=f"k{k}m{m}s{s}",
+                                         config={"k": k}, resolved_config={"k": k}, omitted_rank_ic=ic + 0.001 * s,
+                                         history=[{**h, "train_loss": h["train_loss"] * m} for h in hist], **IDENT))  # fmt: skip
+    ok = read_results(tmp_path)
+    plots._plot_rank_ic_by_m(ok, plt, keep)
+    lines = {c.get_label(): c.lines[0].get_ydata() for c in figs["rank_ic_by_m"].axes[0].containers}
+    assert len(lines) == 2, lines  # one line per config
+    assert sorted(round(float(y[0]), 3) for y in lines.values()) == [0.041, 0.541]
+    plots._plot_learning_curves(ok, plt, keep)
+    fig = figs["learning_curves"]
+    assert "m = 50" in fig._suptitle.get_text() and len(fig.axes) == 2  # two configs, one panel each
+    train = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "train loss"][0]
+    assert train.get_ydata()[0] == pytest.approx(50.0)  # m = 50's curves only (m = 100's is 100)
+
+    tune = pd.DataFrame([dict(study="tune", model=mdl, trial_id=f"{mdl}{i}", seed=0, m=0, valid_rank_ic=v,
+                              started_at=f"2024-01-01T00:0{i}", **IDENT)
+                         for mdl, vals in (("rvrae", (0.02, 0.05, 0.01)), (ORACLE, (0.09,))) for i, v in enumerate(vals)])  # fmt: skip
+    plots._plot_tune_history(tune, plt, keep)
+    ax = figs["tune_history"].axes[0]
+    oracle = [ln for ln in ax.get_lines() if ln.get_label() == "Oracle (true model)"]
+    assert len(oracle) == 1 and oracle[0].get_linestyle() == "--" and list(oracle[0].get_ydata()) == [0.09, 0.09]
+    assert not any("Oracle" in ln.get_label() and ln.get_drawstyle() == "steps-post" for ln in ax.get_lines())
+    plt.close("all")
+
+    # identity 1 (by key order) holds only an error row, identity 2 the results
+    d = tmp_path / "two"
+    other = StudyIdentity("00000000aaaaaaaa", "other.parquet", (15, 3, 3), 4).columns()
+    write_row(d, dict(study="benchmark", model="ipca", seed=0, m=0, trial_id="e", status="error", error="boom",
+                      config={}, **other))  # fmt: skip
+    for s in range(2):
+        g = [0.01, -0.02, 0.03]
+        write_row(d, dict(study="benchmark", model="ipca", seed=s, m=0, trial_id=f"ok{s}", config={}, r2_total=0.1,
+                          ls_gross=g, ls_net=g, ls_dates=["2020-01", "2020-02", "2020-03"], **IDENT))  # fmt: skip
+    capsys.readouterr()
+    assert main(["table", str(d), "--identity", "2", "--format", "csv"]) == 0
+    assert "r2_total" in capsys.readouterr().out
+    assert main(["plot", str(d), "--identity", "2", "--out", str(tmp_path / "fig")]) == 0
+    assert main(["plot", str(d), "--identity", "1", "--out", str(tmp_path / "fig1")]) == 2  # errors only
+    assert not (tmp_path / "fig1").exists()

@@ -27,7 +27,8 @@ from rvrae.errors import UserError
 from rvrae.results.render import model_label
 from rvrae.results.store import read_results
 from rvrae.metrics import span_factor
-from rvrae.results.tables import (identities, of_identities, ok_rows, order_rows, select_identity,
+from rvrae.identity import key_of
+from rvrae.results.tables import (_config_rows, identities, of_identities, ok_rows, order_rows, select_identity,
                                   studies_with_identity, tune_objective)
 
 FORMATS = ("png", "svg", "pdf")
@@ -76,10 +77,14 @@ def where(rows: pd.DataFrame) -> str:
 
 
 def _one_identity(ok: pd.DataFrame, study: str, identity: int | None) -> pd.DataFrame:
+    """`study`'s rows of one identity (`make_plots` has already kept that one); a grid's model
+    run under several configs is one line per config, as the tables' rows are (`_config_rows`:
+    two configs are never one mean). Tune's trials are its configs: one line per model."""
     rows = ok[ok["study"] == study]
     if rows.empty:
         return rows
-    return select_identity(rows, identity, one=True, what=f"a {study} figure")[0]
+    rows = select_identity(rows, identity, one=True, what=f"a {study} figure")[0]
+    return rows if study == "tune" else _config_rows(rows)
 
 
 def _with_oracle(ok: pd.DataFrame, results_dir: str | Path) -> pd.DataFrame:
@@ -192,9 +197,15 @@ def _plot_tune_history(ok: pd.DataFrame, plt, save, identity=None) -> Path | Non
     if objective not in rows.columns or not rows[objective].notna().any():
         return None
     best_so_far = np.maximum.accumulate if mode == "max" else np.minimum.accumulate
+    from rvrae.results.oracle import ORACLE
+
     fig, ax = plt.subplots(figsize=(7, 4))
     for model in order_rows(rows["model"].unique()):
         sub = rows[rows["model"] == model].dropna(subset=[objective])
+        if model == ORACLE:  # the planted model's score on the same months: a level, not trials
+            if len(sub):
+                ax.axhline(float(sub[objective].iloc[0]), label=model_label(model), lw=1, **_style(model))
+            continue
         if "started_at" in sub.columns and (sub["started_at"] != "").all():
             sub = sub.sort_values(["started_at", "trial_id"])
         y = sub[objective].to_numpy(float)
@@ -237,6 +248,8 @@ def _plot_learning_curves(ok: pd.DataFrame, plt, save, identity=None) -> Path | 
             break
     else:
         return None
+    m = int(rows["m"].min())  # each m trains on other stocks: one m's seeds per band
+    rows = rows[rows["m"] == m]
     curves = {m: _curves(rows[rows["model"] == m]) for m in order_rows(rows["model"].unique())}
     models = [m for m, c in curves.items() if c]
     if not models:
@@ -252,7 +265,7 @@ def _plot_learning_curves(ok: pd.DataFrame, plt, save, identity=None) -> Path | 
         ax.set_xlabel("epoch")
     axes[0][0].set_ylabel("loss (mean ± std over seeds)")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"Learning curves, {study}" + where(rows), fontsize=9, wrap=True)
+    fig.suptitle(f"Learning curves, {study}" + (f", m = {m}" if m else "") + where(rows), fontsize=9, wrap=True)
     return save(fig, "learning_curves")
 
 
@@ -269,11 +282,18 @@ def make_plots(results_dir: str | Path, out_dir: str | Path, fmt: str = "png", i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = _with_oracle(ok_rows(read_results(results_dir, study)), results_dir)
-    kept = studies_with_identity(ok, [s for s in ("benchmark", "robustness", "tune") if (ok["study"] == s).any()], identity)
-    ok = ok[ok["study"].isin(kept)]
-    for s in kept:
-        _one_identity(ok, s, identity)  # several identities without a choice: UserError now
+    rows = read_results(results_dir, study)
+    # Identities are numbered over every row, error rows included, as `rvrae table` numbers
+    # them: --identity N names the same data in both commands. The chosen one per study:
+    present = [s for s in ("benchmark", "robustness", "tune") if (rows["study"] == s).any()]
+    kept = studies_with_identity(rows, present, identity)
+    chosen = set()
+    for s in kept:  # several identities without a choice: UserError now
+        group = select_identity(rows[rows["study"] == s], identity, one=True, what=f"a {s} figure")[0]
+        chosen.add((s, key_of(group.iloc[0])))
+    ok = _with_oracle(ok_rows(rows[[(str(r["study"]), key_of(r)) in chosen for r in rows.to_dict("records")]]),
+                      results_dir)  # fmt: skip
+    identity = None  # one identity per study is left
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file, not a folder")
