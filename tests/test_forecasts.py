@@ -171,6 +171,22 @@ def test_table_ensemble_rows_and_cli_rescore(bench, capsys, tmp_path):
     assert (tmp_path / "fig" / "learning_curves.png").stat().st_size > 0
 
 
+def test_seed_ensembles_group_by_the_cell_key_config(bench):
+    """An ensemble averages the seeds of one config: rows without `resolved_config` (older
+    rows) group on `config`, and one config spelled in two key orders is one group."""
+    out, df, _ = bench
+    ipca = df["model"] == "ipca"
+    older = df.drop(columns=["resolved_config"])
+    older.loc[ipca & (older["seed"] == 1), "config"] = '{"n_factors":2}'  # another config than seed 0's
+    ens = seed_ensembles(out, older)
+    assert "ipca" not in set(ens["model"]) and list(ens["model"]) == ["factorvae"]
+    spelled = df.copy()
+    first = json.loads(spelled.loc[ipca, "resolved_config"].iloc[0])
+    spelled.loc[ipca & (spelled["seed"] == 1), "resolved_config"] = json.dumps(dict(reversed(list(first.items()))))
+    assert spelled.loc[ipca, "resolved_config"].nunique() == 2
+    assert sorted(seed_ensembles(out, spelled)["model"]) == ["factorvae", "ipca"]
+
+
 def test_tune_asha_stops_trials_and_resume_continues_the_optuna_study(ray_session, tiny_panel, tmp_path):
     import optuna
     import shutil

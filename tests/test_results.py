@@ -433,6 +433,9 @@ def test_a_metric_some_study_lacks_is_shown_where_it_exists(tmp_path):
         build_tables(df, metrics=["r2_pred"])  # a metric the harness writes, NaN everywhere
     with pytest.raises(UserError, match="unknown metric 'nosuch'"):
         build_tables(df, metrics=["nosuch"])
+    for key in ("seed", "m", "model", "config", "trial_id"):  # keys and text: one line, not a traceback
+        with pytest.raises(UserError, match=f"--metrics '{key}' is not a numeric metric column"):
+            build_tables(df, metrics=[key])
 
 
 def test_figures_keep_configs_apart_draw_the_oracle_as_a_level_and_number_identities_as_tables_do(tmp_path, capsys):

@@ -221,6 +221,11 @@ def _check_metrics(df: pd.DataFrame, metrics: list[str]) -> None:
         if m not in df.columns and m not in METRIC_COLUMNS:
             avail = [c for c in _numeric_columns(ok_rows(df))] or list(METRIC_COLUMNS)
             raise UserError(f"unknown metric {m!r} (available: {', '.join(avail)})")
+        # a key (the table's own rows and columns) or a text column is no mean(std)
+        if m in ("seed", "m") or m in df.columns and m not in METRIC_COLUMNS and not (
+                pd.api.types.is_numeric_dtype(df[m]) and not pd.api.types.is_bool_dtype(df[m])):
+            avail = [c for c in _numeric_columns(ok_rows(df))] or list(METRIC_COLUMNS)
+            raise UserError(f"--metrics {m!r} is not a numeric metric column (available: {', '.join(avail)})")
 
 
 def _benchmark(ok: pd.DataFrame) -> list[Table]:
