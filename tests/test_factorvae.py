@@ -172,3 +172,26 @@ def test_space_names_are_config_fields():
     model = make_model("factorvae", trial.params)
     assert {"n_factors", "gamma", "hidden", "lr"} == set(trial.params)
     assert model.config.gamma == trial.params["gamma"]
+
+
+def test_a_months_prior_pools_the_same_stocks_alone_or_in_a_batch():
+    """The prior's pool for month t must not depend on which months share its batch: a stock
+    with characteristics but no return in t's window (an omitted stock in a robustness trial,
+    whose earlier returns are removed) joined t's pool when a later month of a 12-month
+    prediction batch gave it a return, but never in the one-month training batches."""
+    panel = tiny_panel()
+    model = make_model("factorvae", SMALL)
+    model.fit(panel.view(TRAIN), panel.view(VALID), seed=3, device="cpu")
+    t, j, L = TEST[0], 5, SMALL["seq_len"]
+    mask = panel.mask.copy()
+    mask[t - L + 1 : t + 1, j] = False  # no return in t's window; returns after t kept
+    mask[t + 1 : t + 4, j] = True
+    q = dataclasses.replace(panel, mask=mask, ret=np.where(mask, panel.ret, 0).astype(np.float32))
+    tensors = PanelTensors(q, "cpu", SMALL["seq_len"])
+    prior = [model._run(tensors, months)["z_prior"][0] for months in (np.array([t]), np.arange(t, t + 5))]
+    assert np.abs(prior[0] - prior[1]).max() < 1e-6  # the prior's mean (1.8e-3 apart before)
+    alone = model.predict(q.view(np.array([t])))
+    batched = model.predict(q.view(np.arange(t, t + 5)))
+    live = q.mask[t]  # the scored stocks (j has no return at t: no forecast to compare)
+    np.testing.assert_allclose(alone.r_std[0][live], batched.r_std[0][live], rtol=1e-6)
+    np.testing.assert_allclose(alone.r_hat[0][live], batched.r_hat[0][live], rtol=1e-6, atol=1e-9)

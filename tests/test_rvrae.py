@@ -610,3 +610,22 @@ def test_a_months_prior_draws_do_not_depend_on_the_months_beside_it():
     for field in ("r_hat", "r_std", "f_prior"):  # equal up to float rounding of a bigger batch
         np.testing.assert_allclose(np.asarray(getattr(alone, field))[-1], np.asarray(getattr(pair, field))[-1],
                                    rtol=1e-5, atol=1e-9, err_msg=field)  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["rvrae", "factorvae", "ca", "alstm", "transformer"])
+def test_loop_settings_that_cannot_train_are_config_errors(model):
+    """A zero window, epoch cap, patience or batch is an IndexError deep in a fit, a negative
+    KL weight (RVRAE's λ) a loss that runs off to NaN, a zero learning rate a fit that never
+    moves: each is one UserError naming the model and key, before anything trains."""
+    from rvrae.models.registry import make_model
+
+    fields = {f.name for f in __import__("dataclasses").fields(make_model(model).config)}
+    bad = {"seq_len": 0, "epochs": 0, "patience": 0, "batch_months": 0, "lr": 0.0, "weight_decay": -1e-4,
+           "kl_weight": -1.0}  # fmt: skip
+    tried = 0
+    for key, value in bad.items():
+        if key in fields:
+            with pytest.raises(UserError, match=f"{model}: {key} must be"):
+                make_model(model, {key: value})
+            tried += 1
+    assert tried >= 4

@@ -24,6 +24,16 @@ def check_config(model: str, cfg: Any, at_least_1: Iterable[str] = (), unit: Ite
         at_least_1 = (*at_least_1, "restarts")
     if getattr(cfg, "restart_tstat", 0.0) < 0:  # every neural config (NeuralConfig.restart_tstat)
         raise UserError(f"{model}: restart_tstat must be >= 0, got {cfg.restart_tstat}")
+    # every trained model's loop settings, where its config has them: a zero window, epoch cap
+    # or batch is an IndexError deep in a fit, a negative KL weight a loss that runs to NaN
+    at_least_1 = (*at_least_1, *(k for k in ("epochs", "patience", "batch_months", "seq_len")
+                                 if hasattr(cfg, k) and k not in at_least_1))  # fmt: skip
+    for key in ("lr",):
+        if hasattr(cfg, key) and not getattr(cfg, key) > 0:
+            raise UserError(f"{model}: {key} must be > 0, got {getattr(cfg, key)}")
+    for key in ("kl_weight", "weight_decay"):
+        if hasattr(cfg, key) and not getattr(cfg, key) >= 0:
+            raise UserError(f"{model}: {key} must be >= 0, got {getattr(cfg, key)}")
     for key in at_least_1:
         if getattr(cfg, key) < 1:
             raise UserError(f"{model}: {key} must be >= 1, got {getattr(cfg, key)}")

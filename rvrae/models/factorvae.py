@@ -166,9 +166,14 @@ class FactorVAENet(nn.Module):
 
 
 def known_before(batch: Batch) -> torch.Tensor:
-    """[B, N] float: stocks known before the target month (a non-zero characteristic in the
-    window or a return in the month before); never uses mask[t]."""
-    seen = batch.x.abs().amax(dim=(1, 3)) > 0  # [B, N]
+    """[B, N] float: the stocks the prior pools over for a target month: a non-zero
+    characteristic in its window, and a return somewhere in that window; or a return in the
+    month before. "A return in the window" is what puts a stock into a one-month batch (the
+    training batches, `PanelTensors.batch`), so a month's set is the same in a batch of 12
+    months (prediction): a stock with characteristics but no return in this month's window
+    (a robustness trial's omitted stock, whose earlier returns are removed) no longer joins
+    because a later month of the batch gives it one."""
+    seen = (batch.x.abs().amax(dim=(1, 3)) > 0) & (batch.m_hist.amax(dim=1) > 0)  # [B, N]
     if batch.m_hist.shape[1] > 1:
         seen = seen | (batch.m_hist[:, -2] > 0)
     return seen.float()
