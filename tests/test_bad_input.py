@@ -249,3 +249,14 @@ def test_a_folder_another_study_is_writing_is_refused(tiny_data_file, tmp_path, 
             held.close()
         assert (_snapshot(out) == before) if existed else not out.exists()
     lock_out(tmp_path / "busy").close()  # released: the next study may take it
+
+
+def test_demo_flags_are_checked_before_ray_starts(tmp_path, monkeypatch, capsys):
+    import rvrae.study.runner as runner
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started before the flags were checked")
+
+    monkeypatch.setattr(runner, "connect", no_ray)
+    assert rvrae_main(["demo", "--seeds", "0", "--out", str(tmp_path / "demo")]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err and not (tmp_path / "demo").exists()

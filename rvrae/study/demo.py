@@ -49,7 +49,7 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 8, 
     from rvrae.results.oracle import read_oracle
     from rvrae.results.store import read_results
     from rvrae.results.tables import build_tables
-    from rvrae.study.runner import StudyOptions, connect, run_study
+    from rvrae.study.runner import StudyOptions, connect, run_study, validate
 
     console = console or Console()
     models = models or model_names()
@@ -57,6 +57,8 @@ def run_demo(out: Path = Path("results/demo"), seeds: int = 2, epochs: int = 8, 
                 resume=True, address="local", split=DEMO_SPLIT, resource_flags=False,
                 configs={k: v for k, v in DEMO_CONFIGS.items() if k in models})
     plans = [StudyOptions(study="benchmark", m=[0], **base), StudyOptions(study="robustness", m=DEMO_M, **base)]
+    for opts in plans:  # bad flags (--seeds 0) are refused before the panel is built and Ray starts
+        validate(opts)
     synth = make_synthetic(SynthConfig(**DEMO_SYNTH))
     panel = synth.panel
     # The truth to read the tables against: the oracle scored on the demo split's test years.
