@@ -499,3 +499,15 @@ def test_figures_keep_configs_apart_draw_the_oracle_as_a_level_and_number_identi
     assert main(["plot", str(d), "--identity", "2", "--out", str(tmp_path / "fig")]) == 0
     assert main(["plot", str(d), "--identity", "1", "--out", str(tmp_path / "fig1")]) == 2  # errors only
     assert not (tmp_path / "fig1").exists()
+
+
+def test_hp_columns_hold_the_resolved_config(tmp_path):
+    """SPEC §6: config JSON + flattened hyperparameters. A default-config row (config {}) still
+    has every hyperparameter it ran with as an hp_* column; an override wins over nothing."""
+    write_row(tmp_path, dict(study="benchmark", model="rvrae", seed=0, trial_id="d", config={},
+                             resolved_config={"n_factors": 5, "hidden": 32, "lr": 0.001}))  # fmt: skip
+    write_row(tmp_path, dict(study="benchmark", model="rvrae", seed=1, trial_id="o", config={"n_factors": 3},
+                             resolved_config={"n_factors": 3, "hidden": 32, "lr": 0.001}))  # fmt: skip
+    df = read_results(tmp_path).set_index("trial_id")
+    assert df.loc["d", "config"] == "{}" and df.loc["d", "hp_n_factors"] == 5 and df.loc["d", "hp_hidden"] == 32
+    assert df.loc["o", "hp_n_factors"] == 3 and df.loc["o", "config"] == '{"n_factors":3}'

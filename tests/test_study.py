@@ -77,6 +77,14 @@ def test_faults_become_error_rows(ray_session, tiny_panel, tmp_path):
     assert "injected fault" in df.loc["ipca", "error"]
     assert "FloatingPointError" in df.loc["ca", "error"]  # the NaN loss of the training loop
     assert df.loc["ca", "seed"] == 0 and df.loc["ca", "finished_at"]
+    # a plain --resume keeps an error row (a result too); --retry-errors runs those cells again
+    assert run_study(_opts(out, study="benchmark", m=[0], seeds=1, resume=True), panel=tiny_panel).rows == []
+    with pytest.raises(UserError, match="--retry-errors goes with --resume"):
+        run_study(_opts(out, study="benchmark", m=[0], seeds=1, retry_errors=True), panel=tiny_panel)
+    again = run_study(_opts(out, study="benchmark", m=[0], seeds=1, resume=True, retry_errors=True), panel=tiny_panel)
+    assert len(again.rows) == 2
+    df = read_results(out)
+    assert len(df) == 2 and set(df["status"]) == {"ok"}  # each cell once, now ok
 
 
 def test_tune_records_varying_trials_and_best_configs(ray_session, tiny_panel, tmp_path):

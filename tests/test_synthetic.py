@@ -219,6 +219,9 @@ def test_the_readmes_unseen_panels_are_shipped_designs(name):
         ('{"shapes": ["blob"]}', "invalid shapes"),
         ('{"noise_rho": [0.5, 0.9, 0.99]}', "invalid noise_rho"),
         ('{"start": "the year 2000"}', "invalid start"),
+        ('{"seed": -3}', "invalid seed"),
+        ('{"premia": [NaN]}', "invalid premia"),
+        ('{"market_beta_spread": Infinity}', "invalid market_beta_spread"),
         ("{bad", "not JSON (line 1"),
     ],
 )

@@ -128,3 +128,20 @@ def test_a_robustness_forecast_never_sees_the_omitted_stocks_returns_before_the_
         rows.append(reports[-1])
     for k in ("rank_ic", "r2_pred", "r2_forecast", "sharpe", "omitted_rank_ic", "omitted_r2_pred", "valid_rank_ic"):
         assert rows[0][k] == rows[1][k], k
+
+
+def test_epochs_is_a_cap_not_a_count():
+    """--epochs N caps a config's epochs (SPEC §5): it lowers a default or a --configs value
+    above N and leaves one below N as it is; a model without epochs gets none."""
+    from rvrae.study.trainable import model_config, resolved_config
+
+    def cfg(model, cap, hp=None):
+        ident = StudyIdentity("f", "s", (15, 3, 3), cap)
+        return model_config({"model": model, "identity": ident, "hp": hp or {}})
+
+    assert cfg("ca", 200) == {"epochs": 100}  # CA's own 100, not 200
+    assert cfg("ca", 20) == {"epochs": 20}
+    assert cfg("rvrae", 100, {"epochs": 20}) == {"epochs": 20}  # a tuned 20 stays 20
+    assert cfg("rvrae", 8, {"epochs": 20}) == {"epochs": 8}
+    assert resolved_config("rvrae", cfg("rvrae", 500))["epochs"] == 50
+    assert cfg("ipca", 5) == {}

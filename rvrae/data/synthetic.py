@@ -34,6 +34,7 @@ conditional forecast explains about twice what the prevailing mean of the true f
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,14 @@ class SynthConfig:
             "char_rho": abs(self.char_rho) < 1.0,
             "noise_rho": len(self.noise_rho) == 2 and -1.0 < self.noise_rho[0] <= self.noise_rho[1] < 1.0,
             "start": _is_month(self.start),
+            "seed": self.seed >= 0,
         }
+        # every number finite (a design file's JSON may say NaN or Infinity)
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            values = v if isinstance(v, tuple) else (v,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+                checks[f.name] = False
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise UserError(f"synthetic panel: invalid {bad[0]} = {getattr(self, bad[0])!r}")

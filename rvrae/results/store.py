@@ -115,7 +115,12 @@ def _flatten_row(row: dict) -> dict:
         config = json.loads(config) if config else {}
     config = _jsonable(config)
     out["config"] = canonical_json(config)
-    for k, v in config.items():
+    # hp_* are the hyperparameters the trial ran with: the resolved config (every field, its
+    # defaults included) where the row has one, so a default-config row has hp_n_factors too
+    resolved = row.get("resolved_config") or {}
+    if isinstance(resolved, str):
+        resolved = json.loads(resolved) if resolved else {}
+    for k, v in {**_jsonable(resolved), **config}.items():
         out[f"hp_{k}"] = canonical_json(v) if isinstance(v, (dict, list)) else v
     for k, v in row.items():
         if k != "config":
@@ -251,6 +256,27 @@ def remove_leftovers(out_dir: str | Path, study: str) -> int:
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
+
+
+def remove_error_rows(out_dir: str | Path, study: str, identity_key: tuple) -> int:
+    """`--retry-errors`: the error rows of `study` with this study identity are removed (with
+    any forecast beside them), so the resumed study runs those cells again; rows of other
+    identities and every ok row stay. Returns how many rows."""
+    from rvrae.identity import key_of
+    from rvrae.results.forecasts import FORECAST_DIR
+
+    root = Path(out_dir)
+    gone = 0
+    for p in result_files(root, study):
+        t = pq.read_table(p)
+        if "status" not in t.column_names:
+            continue
+        rows = t.to_pylist()
+        if rows and all(r.get("status") == "error" and key_of(r) == tuple(identity_key) for r in rows):
+            p.unlink()
+            (root / FORECAST_DIR / p.relative_to(root)).unlink(missing_ok=True)
+            gone += len(rows)
+    return gone
 
 
 def existing_cells(out_dir: str | Path, study: str) -> set:

@@ -92,6 +92,8 @@ def parser(study: str) -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, help="Tune experiment storage, e.g. s3://bucket/rvrae (default <out>/_tune)")
     p.add_argument("--max-failures", type=int, default=1, help="Tune retries of a failed trial")
     p.add_argument("--resume", action="store_true", help="continue a killed study: every cell exactly once")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="with --resume: remove this study identity's error rows and run those cells again")  # fmt: skip
     p.add_argument("--verbose", action="store_true", help="show Ray's own output")
     p.add_argument("--forecasts", action=argparse.BooleanOptionalAction, default=True,
                    help="store every trial's forecasts under <out>/forecasts (default; --no-forecasts: rows only)")  # fmt: skip
@@ -123,7 +125,7 @@ def options(study: str, argv: list[str] | None):
         configs=load_configs(a.configs, models), cpus_per_trial=a.cpus_per_trial, load=loader_options(a),
         config_source=f"--configs {a.configs}" if a.configs else "defaults",
         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, address=a.address,
-        resume=a.resume, verbose=a.verbose, forecasts=a.forecasts,
+        resume=a.resume, retry_errors=a.retry_errors, verbose=a.verbose, forecasts=a.forecasts,
         storage=a.storage, max_failures=a.max_failures, split=_split(a.split), squares=a.squares, **extra,
     )
 

@@ -55,6 +55,7 @@ class StudyOptions:
     hook: Callable | None = None  # the one test hook (trial key "hook", rvrae.study.trainable); None here
     split: tuple[int, int, int] = (15, 3, 3)
     max_failures: int = 1  # Tune retries a failed trial this often before the error row
+    retry_errors: bool = False  # with resume: this identity's error rows are removed and run again
     storage: str | None = None  # Tune experiment storage (default <out>/_tune; S3 on a cluster)
     scheduler: str = "none"  # tune: "asha" stops hopeless trials on their per-epoch valid_loss
     forecasts: bool = True  # store every trial's forecasts beside its row (rvrae.results.forecasts)
@@ -195,6 +196,8 @@ def validate(opts: StudyOptions) -> None:
         raise UserError("--cpus-per-trial must be > 0")
     if opts.max_concurrent is not None and opts.max_concurrent < 1:
         raise UserError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
+    if opts.retry_errors and not opts.resume:
+        raise UserError("--retry-errors goes with --resume (it reruns the error rows of a study already in --out)")
     if opts.max_failures < 0:  # Tune reads a negative count as "retry for ever"
         raise UserError(f"--max-failures must be >= 0, got {opts.max_failures}")
     if opts.storage is not None and "://" in opts.storage and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+(/\S*)?", opts.storage):
@@ -528,6 +531,14 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         static = provenance()
         identity = study_identity(opts, panel, static)
+        if opts.retry_errors:  # those cells are then missing from the store: they run again
+            from rvrae.results.store import remove_error_rows
+
+            gone = remove_error_rows(out, opts.study, identity.key())
+            existing = existing_cells(out, opts.study)
+            if console is not None:
+                console.print(f"--retry-errors: {gone} error row{'' if gone == 1 else 's'} removed, to run again",
+                              highlight=False)  # fmt: skip
         run = StudyRun(out=out, rows=[], cpus_per_trial=cpus, gpus_per_trial=gpus, max_concurrent=conc)
         for note in (waiting_note(cpus, gpus, capacity, now), idle_note(opts, cpus, gpus, conc, capacity)):
             if note and console is not None:
