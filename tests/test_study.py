@@ -225,6 +225,11 @@ def test_a_stopped_study_says_so_and_resume_finishes_it(ray_session, tiny_panel,
 def test_storage_and_retries_are_checked_before_anything_starts(tmp_path):
     from rvrae.study.runner import validate
 
+    (tmp_path / "t").mkdir()
+    for text in ("{bad", "[1]", '{"ipca": 3}'):  # merged into at the end of a search: refused first
+        (tmp_path / "t" / "best_configs.json").write_text(text)
+        with pytest.raises(UserError, match="best_configs.json"):
+            validate(_opts(tmp_path / "t", study="tune", models=["ipca"], m=[0], seeds=1, samples=2))
     for storage in ("s3:/bucket/x", "s3://", "s3:// bucket"):
         with pytest.raises(UserError, match="--storage"):
             validate(_opts(tmp_path / "o", storage=storage))
@@ -233,3 +238,22 @@ def test_storage_and_retries_are_checked_before_anything_starts(tmp_path):
     with pytest.raises(UserError, match="--max-failures must be >= 0"):
         validate(_opts(tmp_path / "o", max_failures=-1))
     assert not (tmp_path / "o").exists()
+
+
+def test_best_configs_say_when_a_model_has_no_new_best(tmp_path):
+    from rich.console import Console
+
+    from rvrae.identity import StudyIdentity
+    from rvrae.results.store import write_row
+    from rvrae.study.runner import write_best_configs
+
+    ident = StudyIdentity("f", "s", (3, 1, 1), 1, objective="valid_rank_ic", mode="max")
+    (tmp_path / "best_configs.json").write_text('{"ca": {"lr": 0.01}}')
+    write_row(tmp_path, dict(study="tune", model="ipca", trial_id="a", config={"n_factors": 2}, valid_rank_ic=0.1,
+                             **ident.columns()))  # fmt: skip
+    write_row(tmp_path, dict(study="tune", model="ca", trial_id="b", config={"lr": 0.1}, status="error",
+                             error="boom", **ident.columns()))  # fmt: skip
+    console = Console(record=True, width=200)
+    write_best_configs(tmp_path, ["ipca", "ca"], ident, console)
+    assert json.loads((tmp_path / "best_configs.json").read_text()) == {"ca": {"lr": 0.01}, "ipca": {"n_factors": 2}}
+    assert "no ok ca trial of this study has valid_rank_ic; best_configs.json keeps its earlier entry" in console.export_text()

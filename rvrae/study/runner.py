@@ -189,6 +189,7 @@ def validate(opts: StudyOptions) -> None:
             raise UserError(f"--mode must be max or min, got {opts.mode!r}")
         if opts.scheduler not in SCHEDULERS:
             raise UserError(f"--scheduler must be {' or '.join(SCHEDULERS)}, got {opts.scheduler!r}")
+        read_best_configs(Path(opts.out) / "best_configs.json")  # merged into at the end: readable now
     for name, v in (("--cpus-per-trial", opts.cpus_per_trial), ("--gpus-per-trial", opts.gpus_per_trial)):
         if v is not None and (v < 0 or not math.isfinite(v)):
             raise UserError(f"{name} must be >= 0, got {v}")
@@ -561,7 +562,7 @@ def run_study(opts: StudyOptions, console=None, panel=None) -> StudyRun:
             if opts.study == "tune":
                 for name in opts.models:
                     _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc, run, console)
-                write_best_configs(out, opts.models, identity)
+                write_best_configs(out, opts.models, identity, console)
             else:
                 cells = [c for c in planned if _key(opts.study, {**c, **common}) not in existing]
                 run.skipped = len(planned) - len(cells)
@@ -719,7 +720,22 @@ def make_scheduler(kind: str, model: str, overrides: dict):
                          grace_period=grace, reduction_factor=ASHA_REDUCTION, stop_last_trials=False)  # fmt: skip
 
 
-def write_best_configs(out: Path, models: list[str], identity: StudyIdentity) -> Path:
+def read_best_configs(path: Path) -> dict:
+    """<out>/best_configs.json as a dict ({} when there is none); a file that is not a JSON
+    object of model -> config is a UserError (checked before a tune study runs, so the end of
+    a long search never trips on it)."""
+    if not path.is_file():
+        return {}
+    try:
+        best = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not readable as JSON ({e}); move it away or fix it") from None
+    if not isinstance(best, dict) or not all(isinstance(v, dict) for v in best.values()):
+        raise UserError(f"{path}: expected a JSON object of model -> config")
+    return best
+
+
+def write_best_configs(out: Path, models: list[str], identity: StudyIdentity, console=None) -> Path:
     """<out>/best_configs.json: model -> the config of its best ok tune trial of this study's
     identity, on its objective (merged with the file's other models), what `--configs` of
     benchmark and robustness reads. The table and plots read the same objective from the rows."""
@@ -729,20 +745,23 @@ def write_best_configs(out: Path, models: list[str], identity: StudyIdentity) ->
     from rvrae.results.store import read_results
 
     path = Path(out) / "best_configs.json"
-    best = json.loads(path.read_text()) if path.is_file() else {}
+    best = read_best_configs(path)
     df = read_results(out, study="tune")
     df = df[[key_of(r) == identity.key() for _, r in df.iterrows()]]
     metric, mode = identity.objective, identity.mode
     for name in models:
         sub = df[(df["model"] == name) & (df["status"] == "ok")] if len(df) else df
-        if not len(sub) or metric not in sub:
+        vals = pd.to_numeric(sub[metric], errors="coerce") if len(sub) and metric in sub else pd.Series(dtype=float)
+        if not vals.notna().any():  # the file keeps what it had: say so, not silently
+            if console is not None:
+                kept = "keeps its earlier entry" if name in best else "has no entry"
+                console.print(f"note: no ok {name} trial of this study has {metric}; best_configs.json {kept} for {name}",
+                              highlight=False, soft_wrap=True)  # fmt: skip
             continue
-        vals = pd.to_numeric(sub[metric], errors="coerce")
-        if vals.notna().any():
-            row = sub.loc[vals.idxmax() if mode == "max" else vals.idxmin()]
-            cfg = json.loads(row["config"])
-            cfg.pop("epochs", None)  # the --epochs cap of the search is not part of the config
-            best[name] = cfg
+        row = sub.loc[vals.idxmax() if mode == "max" else vals.idxmin()]
+        cfg = json.loads(row["config"])
+        cfg.pop("epochs", None)  # the --epochs cap of the search is not part of the config
+        best[name] = cfg
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(best, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
