@@ -316,6 +316,15 @@ def test_large_characteristics_keep_their_order(tmp_path):
     me = pan.chars[..., pan.char_names.index("me")]
     for t in range(2):  # five distinct values, five distinct ranks, in order
         assert list(me[t]) == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    # the CPZ .npz layout in float64 too: its characteristics keep their order through the cast
+    raw = np.full((2, 5, 2), -99.99)
+    raw[:, :, 0] = 0.01
+    raw[:, :, 1] = 1e10 + 100.0 * np.arange(5)
+    npz = tmp_path / "p.npz"
+    np.savez(npz, data=raw, date=np.asarray([20010115, 20010215]), permno=np.arange(1, 6), variable=np.asarray(["RET", "me"]))
+    me = load_panel(npz).chars[..., 0]
+    for t in range(2):
+        assert list(me[t]) == [-1.0, -0.5, 0.0, 0.5, 1.0]
 
 
 def test_a_repeated_csv_column_is_refused(tmp_path, capsys):

@@ -595,6 +595,9 @@ def _read_npz(path: Path, chars) -> tuple:
     xc = np.where(miss[..., 1:], np.nan, raw[..., 1:])
     if np.isinf(xc).any():
         raise UserError(f"{name}: inf in the characteristics of the .npz 'data'")
+    if data.dtype != np.float32:  # a wider dtype: cast each characteristic keeping its order,
+        for p in range(1, P):  # as the long reader does (ranks follow; ties must not appear)
+            xc[..., p - 1] = _order_exact_float32(np.where(miss[..., p], np.nan, data[..., p].astype(np.float64)))
     x[pos] = xc
     ids = np.asarray([str(p) for p in permno]) if permno is not None else np.asarray([str(i) for i in range(N)])
     if chars is not None:
