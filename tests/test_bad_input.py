@@ -251,6 +251,27 @@ def test_a_folder_another_study_is_writing_is_refused(tiny_data_file, tmp_path, 
     lock_out(tmp_path / "busy").close()  # released: the next study may take it
 
 
+def test_the_folder_lock_does_not_depend_on_tmpdir(tmp_path, monkeypatch):
+    """A batch scheduler gives each job its own $TMPDIR: two jobs writing one --out must
+    still meet on one lock."""
+    import tempfile
+
+    from rvrae.errors import UserError
+    from rvrae.study.runner import lock_out
+
+    out = tmp_path / "shared"
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "a"))
+    held = lock_out(out)
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "b"))
+        with pytest.raises(UserError, match="another study is writing there"):
+            lock_out(out)
+    finally:
+        held.close()
+
+
 def test_demo_flags_are_checked_before_ray_starts(tmp_path, monkeypatch, capsys):
     import rvrae.study.runner as runner
 

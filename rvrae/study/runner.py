@@ -133,15 +133,17 @@ def lock_out(out: Path):
     """Hold an exclusive lock on the results folder `out` for the study's life, or raise a
     UserError: two studies writing one folder at once each see it empty, run every cell and
     write every row twice (measured: 6 rows for 3 cells, averaged as n = 6 by `rvrae table`).
-    The lock file lives in the temp dir, keyed by the folder's path, so the folder itself is
-    not touched; the OS releases the lock when the process ends, killed or not. Returns the
-    open file that holds it (close it to release)."""
+    The lock file lives in /tmp (not $TMPDIR, which a batch scheduler sets per job: two jobs
+    would lock two files), keyed by the folder's path, so the folder itself is not touched;
+    the OS releases the lock when the process ends, killed or not. Returns the open file that
+    holds it (close it to release)."""
     import fcntl
     import hashlib
     import tempfile
 
     key = hashlib.sha1(str(Path(out).resolve()).encode()).hexdigest()[:16]
-    fh = open(Path(tempfile.gettempdir()) / f"rvrae-out-{key}.lock", "a+")
+    where = Path("/tmp") if os.access("/tmp", os.W_OK | os.X_OK) else Path(tempfile.gettempdir())
+    fh = open(where / f"rvrae-out-{key}.lock", "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
