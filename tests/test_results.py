@@ -193,6 +193,9 @@ def test_tune_table_picks_best_trial(results_dir):
     assert t.frame.loc["rvrae", ("rank_ic", 0, "mean")] == pytest.approx(0.025)
     assert t.frame.loc["ipca", ("valid_rank_ic", 0, "n")] == 3
     assert t.extra["best config"]["rvrae"] == "lr=0.001"
+    # in a csv (no caption) the cell is one trial's value: n = 1, not the 3 trials searched
+    text = render_tables([t], "csv")
+    assert "tune,rvrae,0,valid_rank_ic,0.05,,1" in text.replace("\r", "")
 
 
 def test_generic_speed_table_by_case(results_dir, capsys):
