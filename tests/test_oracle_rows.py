@@ -371,3 +371,21 @@ def test_planted_rows_get_the_truth_tables(synth, tmp_path):
     assert [t.key for t in tables] == ["table3", "truth3"]
     assert tables[1].frame.loc[ORACLE, ("omitted_rank_ic_true", 20, "mean")] == pytest.approx(1.0)
     assert [t.key for t in build_tables(_model_rows(ident, [20], 0.05), study="robustness")] == ["table3"]
+
+
+def test_a_robustness_oracle_averages_the_omitted_sets_the_models_were_scored_on(synth, tmp_path):
+    """Seed 1's trials all errored: the oracle row (and each share) reads over seed 0's omitted
+    stocks only, the set the models' means are over, not over seeds 0 and 1."""
+    p = synth.panel
+    ident = _identity(p)
+    write_oracle(tmp_path, "robustness", p, ident, _cells([0, 1], [20]))
+    oracle = read_oracle(tmp_path)
+    by_seed = oracle.set_index("seed")["omitted_rank_ic"]
+    assert by_seed[0] != by_seed[1]
+    rows = _model_rows(ident, [20], 0.05)
+    rows.loc[rows["seed"] == 1, "status"] = "error"
+    (t,) = build_tables(rows, study="robustness", oracle=oracle, share=True)
+    assert t.frame.loc[ORACLE, ("omitted_rank_ic", 20, "mean")] == pytest.approx(by_seed[0])
+    assert t.frame.loc[ORACLE, ("omitted_rank_ic", 20, "n")] == 1
+    (both,) = build_tables(_model_rows(ident, [20], 0.05), study="robustness", oracle=oracle)
+    assert both.frame.loc[ORACLE, ("omitted_rank_ic", 20, "mean")] == pytest.approx(by_seed.mean())

@@ -579,6 +579,13 @@ def build_tables(df: pd.DataFrame, study: str | None = None, metrics: list[str] 
                 ok, ens = _label_ensembles(ok, ens)
             new = _study_tables(ok, s, metrics)
             orows = of_identities(oracle, group)
+            if not orows.empty and (orows["m"] > 0).any():
+                # omitted sets differ by (seed, m): the oracle over the ones some model has a
+                # result for, not one whose trials all errored (its share then reads against
+                # the same stocks the models were scored on)
+                have = set(zip(ok["seed"].astype(int), ok["m"].astype(int)))
+                keep = [m == 0 or (int(sd), int(m)) in have for sd, m in zip(orows["seed"], orows["m"])]
+                orows = orows[keep]
             for t in new:
                 if not ens.empty and t.key in ("table1", "table2", "truth"):
                     _add_ensemble_rows(t, ens)
