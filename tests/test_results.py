@@ -514,3 +514,19 @@ def test_hp_columns_hold_the_resolved_config(tmp_path):
     df = read_results(tmp_path).set_index("trial_id")
     assert df.loc["d", "config"] == "{}" and df.loc["d", "hp_n_factors"] == 5 and df.loc["d", "hp_hidden"] == 32
     assert df.loc["o", "hp_n_factors"] == 3 and df.loc["o", "config"] == '{"n_factors":3}'
+
+
+def test_tune_best_config_names_what_the_trial_was_given(tmp_path):
+    """hp_* hold the whole resolved config; the tune table's best config names the trial's own
+    keys (the searched ones), not every default field, and the csv's n counts that one trial
+    only in the best-trial table (a --metrics table over tune rows is a mean over trials)."""
+    for i, lr in enumerate([1e-2, 1e-3]):
+        write_row(tmp_path, dict(study="tune", model="rvrae", trial_id=f"t{i}", config={"lr": lr, "epochs": 4},
+                                 resolved_config={"lr": lr, "epochs": 4, "hidden": 32, "n_factors": 5},
+                                 objective="valid_rank_ic", mode="max", valid_rank_ic=0.01 * (i + 1)))  # fmt: skip
+    df = read_results(tmp_path)
+    assert df["hp_hidden"].notna().all()
+    (t,) = build_tables(df, "tune")
+    assert t.extra["best config"]["rvrae"] == "lr=0.001"
+    (m,) = build_tables(df, "tune", metrics=["valid_rank_ic"])
+    assert "tune,rvrae,0,valid_rank_ic,0.015,0.007071067812,2" in render_tables([m], "csv").replace("\r", "")

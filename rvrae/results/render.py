@@ -225,7 +225,7 @@ def _csv(tables: list[Table]) -> str:
                 seen.add(key)
                 # a tune cell is the best trial's value, not a mean over its n trials: n = 1
                 row = [t.study, r, m, metric, _num(f[(metric, m, "mean")]), _num(f[(metric, m, "std")]),
-                       1 if t.key == "tune" else n]  # fmt: skip
+                       1 if "best config" in t.extra else n]  # fmt: skip
                 w.writerow(row + ([_num(t.share.get((r, metric, m), math.nan))] if shares else []))
     return buf.getvalue()
 

@@ -300,7 +300,7 @@ def _tune(ok: pd.DataFrame) -> list[Table]:
         return []
     # the objective first, once (rows of an older study may have tuned on a test column)
     shown = list(dict.fromkeys([objective] + [c for c in ("rank_ic", "r2_total", "r2_pred") if _has(ok, c)]))
-    ok = ok[["model", *shown, *(c for c in ok.columns if c.startswith("hp_"))]]
+    ok = ok[["model", *shown, *(c for c in ("config",) if c in ok.columns), *(c for c in ok.columns if c.startswith("hp_"))]]
     rows = order_rows(ok["model"].unique())
     data, best_cfg = {}, {}
     for metric in shown:
@@ -311,10 +311,12 @@ def _tune(ok: pd.DataFrame) -> list[Table]:
                 obj = sub[objective].astype(float)
                 top = sub.loc[obj.idxmax() if mode == "max" else obj.idxmin()]
                 mean[r] = float(top[metric])
-                best_cfg[r] = ", ".join(
-                    f"{c[3:]}={_short(top[c])}" for c in sorted(sub.columns)
-                    if c.startswith("hp_") and pd.notna(top[c])
-                )  # fmt: skip
+                # what the trial was given (the searched keys and --configs), not every field of
+                # its resolved config (hp_* hold those: 33 for RVRAE); the epoch cap is the study's
+                given = json.loads(top["config"]) if isinstance(top.get("config"), str) and top["config"] else None
+                keys = (sorted(k for k in given if k != "epochs") if given is not None
+                        else [c[3:] for c in sorted(sub.columns) if c.startswith("hp_") and pd.notna(top[c])])
+                best_cfg[r] = ", ".join(f"{k}={_short(top.get('hp_' + k, (given or {}).get(k)))}" for k in keys)
             n[r] = int(len(ok[ok["model"] == r]))
         col = pd.DataFrame({"mean": pd.Series(mean, dtype=float).reindex(rows)})
         col["std"], col["n"], col["p"], col["sig"] = math.nan, pd.Series(n).reindex(rows), math.nan, False

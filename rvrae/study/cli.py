@@ -143,7 +143,7 @@ def main(study: str, argv: list[str] | None = None, console=None) -> int:
         Console(stderr=True).print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return UserError.exit_code
     except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: the rows so far stay, --resume goes on
-        Console(stderr=True).print(f"interrupted: {e or 'rerun with --resume to finish'}", markup=False,
+        Console(stderr=True).print(f"interrupted: {str(e) or 'rerun with --resume to finish'}", markup=False,
                                    highlight=False, soft_wrap=True)  # fmt: skip
         return Interrupted.exit_code
     except SystemExit as e:  # --help

@@ -203,7 +203,8 @@ def validate(opts: StudyOptions) -> None:
         raise UserError("--retry-errors goes with --resume (it reruns the error rows of a study already in --out)")
     if opts.max_failures < 0:  # Tune reads a negative count as "retry for ever"
         raise UserError(f"--max-failures must be >= 0, got {opts.max_failures}")
-    if opts.storage is not None and "://" in opts.storage and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+(/\S*)?", opts.storage):
+    if opts.storage is not None and "://" in opts.storage and not re.fullmatch(
+            r"(?i:file|local)://(/\S*)?|[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+(/\S*)?", opts.storage):
         raise UserError(f"--storage {opts.storage}: expected a local folder or a URI such as s3://bucket/path")
     if opts.storage is not None and "://" not in opts.storage and ":/" in opts.storage:
         raise UserError(f"--storage {opts.storage}: a URI needs '://' (e.g. s3://bucket/path)")
@@ -689,7 +690,7 @@ def _tune_model(opts, name, panel_ref, common, storage, static, cpus, gpus, conc
 
 def optuna_storage(out: Path):
     """The Optuna studies of `tune` persist in <out>/optuna.db (SQLite), which
-    `optuna-dashboard sqlite:///<out>/optuna.db` opens. A resumed or repeated tune study of
+    `optuna-dashboard sqlite:///<out>/optuna.db` opens. A resumed tune study (`--resume`) of
     the same identity continues the same Optuna study (OptunaSearch loads an existing one)."""
     import optuna
 
