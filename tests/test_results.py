@@ -530,3 +530,20 @@ def test_tune_best_config_names_what_the_trial_was_given(tmp_path):
     assert t.extra["best config"]["rvrae"] == "lr=0.001"
     (m,) = build_tables(df, "tune", metrics=["valid_rank_ic"])
     assert "tune,rvrae,0,valid_rank_ic,0.015,0.007071067812,2" in render_tables([m], "csv").replace("\r", "")
+
+
+def test_config_rows_go_by_each_rows_cell_key_config():
+    """One resolved config given two ways (overrides {} and {"hidden": 32}, the default) is one
+    row, and stays one when the oracle's row (no config at all) joins, as in the figures."""
+    from rvrae.results.oracle import ORACLE
+    from rvrae.results.tables import _config_rows
+
+    same = '{"hidden":32,"lr":0.001}'
+    rows = pd.DataFrame([dict(model="rvrae", seed=0, config="{}", resolved_config=same),
+                         dict(model="rvrae", seed=1, config='{"hidden":32}', resolved_config=same),
+                         dict(model="rvrae", seed=2, config='{"hidden":64}', resolved_config='{"hidden":64,"lr":0.001}')])  # fmt: skip
+    with_oracle = pd.concat([rows, pd.DataFrame([dict(model=ORACLE, seed=0)])], ignore_index=True)
+    for df in (rows, with_oracle):
+        got = _config_rows(df)["model"].tolist()
+        assert got[:3] == ["rvrae (hidden=32)", "rvrae (hidden=32)", "rvrae (hidden=64)"], got
+    assert _config_rows(with_oracle)["model"].iloc[3] == ORACLE

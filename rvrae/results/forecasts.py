@@ -267,7 +267,7 @@ def seed_ensembles(out_dir: str | Path, df: pd.DataFrame, cost: float = COST, we
     their networks over seeds), `n` = seeds averaged, `ensemble` = True. Only m = 0: with
     m > 0 every seed omits other stocks. Empty when no forecasts are stored."""
     from rvrae.identity import KEY_COLUMNS, key_of
-    from rvrae.results.store import cell_key
+    from rvrae.results.store import config_key
     from rvrae.results.tables import ok_rows
 
     ok = ok_rows(df)
@@ -279,7 +279,7 @@ def seed_ensembles(out_dir: str | Path, df: pd.DataFrame, cost: float = COST, we
     # canonical JSON, as the tables split rows by config); code version and data path are
     # recorded, not keyed (rvrae.identity)
     group_cols = ["study", "model", "resolved_config", *[c for c in KEY_COLUMNS if c in ok.columns]]
-    ok = ok.assign(_config_key=[cell_key(r)[4] for r in ok.to_dict("records")])
+    ok = ok.assign(_config_key=[config_key(r) for r in ok.to_dict("records")])
     by = ["study", "model", "_config_key", *[c for c in KEY_COLUMNS if c in ok.columns]]
     for _, g in ok.groupby(by, sort=False, dropna=False):
         frames, n_stocks = [], 0

@@ -224,11 +224,15 @@ def cell_key(row: dict | pd.Series) -> tuple:
     must exist once. The resolved config has every field of the model's config (defaults
     included); rows without one (hand-written, older) fall back to their `config`."""
     get = row.get
+    return (str(get("study")), str(get("model")), int(get("seed", 0)), int(get("m", 0)), config_key(row), *key_of(row))
+
+
+def config_key(row: dict | pd.Series) -> str:
+    """The config part of a row's cell key: its resolved config, else its `config`, as
+    canonical JSON ("{}" for neither)."""
+    get = row.get
     config = next((c for c in (get("resolved_config"), get("config")) if isinstance(c, (str, dict)) and c), {})
-    return (
-        str(get("study")), str(get("model")), int(get("seed", 0)), int(get("m", 0)),
-        canonical_json(config), *key_of(row),
-    )
+    return canonical_json(config)
 
 
 def cell_id(row: dict | pd.Series) -> str:

@@ -415,13 +415,19 @@ def footer(rows: pd.DataFrame) -> str:
 
 def _config_rows(ok: pd.DataFrame) -> pd.DataFrame:
     """A model run under several resolved configs becomes one row per config, labelled
-    `model (key=value, ...)` with the keys that differ: two configs are never one mean."""
-    col = "resolved_config" if "resolved_config" in ok.columns and (ok["resolved_config"].fillna("") != "").all() else "config"
-    if col not in ok.columns:
+    `model (key=value, ...)` with the keys that differ: two configs are never one mean. A
+    row's config is its cell key's (`store.cell_key`: the resolved config, else `config`), per
+    row, as seed ensembles group them; the oracle's row (no config) is left as it is."""
+    from rvrae.results.oracle import ORACLE
+    from rvrae.results.store import config_key
+
+    if "resolved_config" not in ok.columns and "config" not in ok.columns:
         return ok
     ok = ok.copy()
-    cfg = ok[col].fillna("").map(canonical_json)
+    cfg = pd.Series([config_key(r) for r in ok.to_dict("records")], index=ok.index)
     for model in ok["model"].unique():
+        if model == ORACLE:
+            continue
         at = ok["model"] == model
         distinct = sorted(cfg[at].unique())
         if len(distinct) < 2:
