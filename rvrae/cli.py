@@ -46,7 +46,7 @@ def data_synth(
     fields.update({k: v for k, v in flags.items() if v is not None})
     synth = make_synthetic(SynthConfig(**fields))
     write_synthetic(synth, out)
-    console.print(f"wrote {out}", soft_wrap=True)
+    console.print(f"wrote {out}", soft_wrap=True, markup=False, highlight=False)  # a path is no markup
     print_oracle(synth, console)
     print_factors(synth, console)
 
@@ -82,7 +82,8 @@ def data_check(
     if ctx.info_name == "info":
         print_panel_info(panel, console)
     else:
-        console.print(f"ok: {path}: {panel.T} months, {panel.N} stocks, {panel.C} characteristics", soft_wrap=True)
+        console.print(f"ok: {path}: {panel.T} months, {panel.N} stocks, {panel.C} characteristics", soft_wrap=True,
+                      markup=False, highlight=False)  # fmt: skip
 
 
 # One command, two names: `check` validates, `info` also describes (same loader options).
@@ -164,7 +165,7 @@ def plot(
     from rvrae.results.plots import make_plots
 
     for p in make_plots(directory, out, fmt=fmt, identity=identity, study=study):
-        console.print(f"wrote {p}", soft_wrap=True)
+        console.print(f"wrote {p}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command("demo")

@@ -281,3 +281,19 @@ def test_demo_flags_are_checked_before_ray_starts(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(runner, "connect", no_ray)
     assert rvrae_main(["demo", "--seeds", "0", "--out", str(tmp_path / "demo")]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+
+
+def test_paths_print_as_written_and_an_unwritable_out_is_one_line(tmp_path, capsys):
+    """A path is not rich markup ("[red]" vanished, "[/x]" was a MarkupError traceback after
+    the work was done); a folder that cannot be written is exit 2 with nothing left."""
+    folder = tmp_path / "d[red]" / "x[/x]"
+    folder.mkdir(parents=True)
+    out = folder / "p.parquet"
+    args = ["--stocks", "20", "--months", "24", "--chars", "2"]
+    assert rvrae_main(["data", "synth", "--out", str(out), *args]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out.replace("\n", "")
+    assert rvrae_main(["data", "check", str(out)]) == 0
+    assert f"ok: {out}:" in capsys.readouterr().out.replace("\n", "")
+    assert rvrae_main(["data", "synth", "--out", "/proc/rvrae-x.parquet", *args]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and len(err.strip().splitlines()) == 1

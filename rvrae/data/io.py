@@ -170,7 +170,10 @@ def write_long(df: pd.DataFrame, path: str | os.PathLike) -> Path:
         raise UserError(f"{path}: folder {folder} does not exist")
     if path.is_dir():
         raise UserError(f"{path}: is a folder")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UserError(f"{path}: cannot write there ({e.strerror or e})") from None
     os.close(fd)
     try:
         if kind == "parquet":
@@ -181,6 +184,9 @@ def write_long(df: pd.DataFrame, path: str | os.PathLike) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a folder that forbids writing: one line, nothing left
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
