@@ -220,6 +220,8 @@ def test_the_readmes_unseen_panels_are_shipped_designs(name):
         ('{"noise_rho": [0.5, 0.9, 0.99]}', "invalid noise_rho"),
         ('{"start": "the year 2000"}', "invalid start"),
         ('{"seed": -3}', "invalid seed"),
+        ('{"start": "1500-01"}', "invalid start"),  # beyond datetime64[ns]: dates overflowed
+        ('{"start": "2262-01", "n_months": 24}', "invalid start"),
         ('{"premia": [NaN]}', "invalid premia"),
         ('{"market_beta_spread": Infinity}', "invalid market_beta_spread"),
         ("{bad", "not JSON (line 1"),

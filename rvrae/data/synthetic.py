@@ -98,7 +98,9 @@ class SynthConfig:
             "idio_vol": self.idio_vol > 0.0,
             "char_rho": abs(self.char_rho) < 1.0,
             "noise_rho": len(self.noise_rho) == 2 and -1.0 < self.noise_rho[0] <= self.noise_rho[1] < 1.0,
-            "start": _is_month(self.start),
+            # the months written as datetime64[ns] (pandas): 1678-01 .. 2262-03 only
+            "start": _is_month(self.start) and np.datetime64("1678-01") <= np.datetime64(self.start, "M")
+            and np.datetime64(self.start, "M") + max(self.n_months, 1) - 1 <= np.datetime64("2262-03"),
             "seed": self.seed >= 0,
         }
         # every number finite (a design file's JSON may say NaN or Infinity)
