@@ -192,6 +192,13 @@ def test_a_months_prior_pools_the_same_stocks_alone_or_in_a_batch():
     assert np.abs(prior[0] - prior[1]).max() < 1e-6  # the prior's mean (1.8e-3 apart before)
     alone = model.predict(q.view(np.array([t])))
     batched = model.predict(q.view(np.arange(t, t + 5)))
+    # nor on whether a stock has a return at t itself (known after the forecast): j's only
+    # return in t's window is at t, and the prior is the same with it or without it
+    only_t = mask.copy()
+    only_t[t, j] = True
+    p_t = dataclasses.replace(panel, mask=only_t, ret=np.where(only_t, panel.ret, 0).astype(np.float32))
+    with_t = model._run(PanelTensors(p_t, "cpu", SMALL["seq_len"]), np.array([t]))["z_prior"][0]
+    assert np.abs(with_t - prior[0]).max() < 1e-6
     live = q.mask[t]  # the scored stocks (j has no return at t: no forecast to compare)
     np.testing.assert_allclose(alone.r_std[0][live], batched.r_std[0][live], rtol=1e-6)
     np.testing.assert_allclose(alone.r_hat[0][live], batched.r_hat[0][live], rtol=1e-6, atol=1e-9)

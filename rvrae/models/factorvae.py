@@ -27,8 +27,9 @@ Our reading (SPEC §3.2):
 * Forecast: the net's own is the prior's — r_hat = μ_α + β μ_prior, r_std = the eq. 9 std
   with σ_prior (the default `forecast="ar1"` then puts the gated AR(1) of f_post in the
   prior's place: `Config.forecast`). The prior's attention pools over the stocks known before
-  t (a characteristic window that is not all zero, or a return in t-1): never mask[t] or
-  ret[t].
+  t (a characteristic window that is not all zero and a return in the window before t, or a
+  return in t-1): never mask[t] or ret[t], and the same set whichever months share t's batch
+  (`known_before`; before, a one-month training batch let in a stock by its return at t).
 * `beta_portfolios` (an option, off by default; not in Duan et al.): μ_post also reads,
   through a K × K map that starts at the identity, the month's ridge least-squares factors of
   r − μ_α on the model's own β (β and α detached: data to the encoder, as RVRAE's option of
@@ -166,16 +167,18 @@ class FactorVAENet(nn.Module):
 
 
 def known_before(batch: Batch) -> torch.Tensor:
-    """[B, N] float: the stocks the prior pools over for a target month: a non-zero
-    characteristic in its window, and a return somewhere in that window; or a return in the
-    month before. "A return in the window" is what puts a stock into a one-month batch (the
-    training batches, `PanelTensors.batch`), so a month's set is the same in a batch of 12
-    months (prediction): a stock with characteristics but no return in this month's window
-    (a robustness trial's omitted stock, whose earlier returns are removed) no longer joins
-    because a later month of the batch gives it one."""
-    seen = (batch.x.abs().amax(dim=(1, 3)) > 0) & (batch.m_hist.amax(dim=1) > 0)  # [B, N]
-    if batch.m_hist.shape[1] > 1:
-        seen = seen | (batch.m_hist[:, -2] > 0)
+    """[B, N] float: the stocks the prior pools over for a target month t, known before t: a
+    non-zero characteristic in the window and a return in the window before t (never mask[t]
+    or ret[t]). A stock with such a return is in every batch that holds month t (`PanelTensors.
+    batch` keeps the stocks alive somewhere in the batch's windows), so a month's set is the
+    same in a one-month training batch and in a 12-month prediction batch. Before, "a
+    characteristic in the window" alone let a stock in whenever the batch held it: a one-month
+    batch held a stock by its return at t (mask[t]), a 12-month batch also by a later month's
+    (a robustness trial's omitted stock, whose earlier returns are removed)."""
+    if batch.m_hist.shape[1] < 2:  # no month before t in the window
+        return torch.zeros_like(batch.m)
+    before = batch.m_hist[:, :-1].amax(dim=1) > 0  # [B, N]
+    seen = (batch.x.abs().amax(dim=(1, 3)) > 0) & before | (batch.m_hist[:, -2] > 0)
     return seen.float()
 
 
