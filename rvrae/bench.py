@@ -115,19 +115,20 @@ def epoch_benchmark(
 
     from rvrae.models.registry import get_spec
 
+    # the flags first, named as the user typed them (the config's own check says `epochs`)
+    if n_months < 7:
+        raise UserError(f"--months must be at least 7, got {n_months}")
+    for flag, v in (("--stocks", n_stocks), ("--chars", n_chars), ("--epochs", epochs),
+                    ("--seq-len", seq_len), ("--factors", n_factors)):  # fmt: skip
+        if v < 1:
+            raise UserError(f"{flag} must be at least 1, got {v}")
+    check_device(device)
     spec = get_spec(model)
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     wanted = {"seq_len": seq_len, "n_factors": n_factors, "epochs": epochs, "patience": epochs}
     cfg = {k: v for k, v in wanted.items() if k in fields}
     cfg.update(config or {})
     est = spec.cls(cfg)
-
-    if n_months < 7:
-        raise UserError(f"--months must be at least 7, got {n_months}")
-    for flag, v in (("--stocks", n_stocks), ("--chars", n_chars), ("--epochs", epochs)):
-        if v < 1:
-            raise UserError(f"{flag} must be at least 1, got {v}")
-    check_device(device)
     panel = random_panel(n_stocks, n_months, n_chars, seed=seed)
     k = n_months // 7
     train = panel.view(np.arange(0, n_months - 2 * k))
@@ -194,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         config = json.loads(a.config) if a.config else None
         if config is not None and not isinstance(config, dict):
             raise UserError("--config must be a JSON object")
+        if a.threads is not None and a.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {a.threads}")
         if a.threads:
             import torch
 

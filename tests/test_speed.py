@@ -106,7 +106,8 @@ def test_bench_command_line_errors_exit_2(tmp_path, capsys):
     from rvrae.bench import main as bench_main
 
     for argv, says in ((["--device", "gpu"], "expected cpu or cuda"), (["--stocks", "0"], "--stocks must be"),
-                       (["--epochs", "0"], "--epochs must be"),
+                       (["--epochs", "0"], "--epochs must be"), (["--threads", "-1"], "--threads must be"),
+                       (["--model", "rvrae", "--epochs", "0"], "--epochs must be"),
                        (["--barrier", f"{tmp_path}/none:2", "--stocks", "20", "--months", "14", "--chars", "2"],
                         "is not a directory")):  # fmt: skip
         assert bench_main(["--model", "ipca", *argv]) == 2, argv
