@@ -66,6 +66,9 @@ def load_checked(spec: str, origins: int, test_years: int = 3):
     base = load_planted(spec)
     if base.T // 12 - test_years - origins < 1:
         raise UserError(f"--data {spec}: {base.T // 12} years leave no training year before {origins} origins")
+    if base.T // 12 - test_years - 3 < 1:  # the main split: 3 validation years, then the test
+        raise UserError(f"--data {spec}: {base.T // 12} years leave no training year before 3 validation "
+                        f"and {test_years} test years")  # fmt: skip
     return base
 
 
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from rvrae.errors import UserError
+    from rvrae.jsonl import check_jsonl
     from rvrae.models.registry import model_names
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.origins < 0:
             raise UserError(f"--origins must be >= 0, got {a.origins}")
+        if a.jsonl:
+            check_jsonl(a.jsonl)
         panels = [load_checked(spec, a.origins) for spec in a.data]  # all checked before the first fit
         for spec, panel in zip(a.data, panels):
             rows.append(panel_row(panel, spec, a.model, a.origins, seed=a.seed))

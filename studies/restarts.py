@@ -57,7 +57,7 @@ def fit_row(panel, spec: str, model: str, overrides: dict, seed: int, restart: i
     fc = fitted.predict(panel, np.arange(panel.T))
     oracle = panel.meta["oracle"].r_hat
     return {
-        "panel": spec, "model": model, "config": overrides, "seed": seed, "restart": restart,
+        "panel": spec, "model": model, "config": overrides, "seed": seed, "restart": restart, "split": list(split),
         "model_seed": model_seed, "valid_series": [float(x) for x in series], "valid": _nanmean(series),
         "test": rank_ic(fc.r_hat[m], panel.ret[m], panel.mask[m]),
         "true_test": true_rank_ic(fc.r_hat[m], oracle[m], panel.mask[m]),
@@ -67,7 +67,10 @@ def fit_row(panel, spec: str, model: str, overrides: dict, seed: int, restart: i
 
 
 def _key(row: dict) -> tuple:
-    return row["panel"], row["model"], json.dumps(row["config"], sort_keys=True), row["seed"]
+    """A trial: panel, model, config, seed and split (rows written before the split was
+    recorded are the default 15/3/3)."""
+    split = tuple(row.get("split") or (15, 3, 3))
+    return row["panel"], row["model"], json.dumps(row["config"], sort_keys=True), row["seed"], split
 
 
 def pairs(rows: list[dict], restarts: int) -> list[list[dict]]:
@@ -135,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from rvrae.errors import UserError
     from rvrae.models.base import NeuralConfig
     from rvrae.models.registry import get_spec, model_names
+    from rvrae.jsonl import check_jsonl, read_jsonl
     from rvrae.study.cli import _split
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -172,12 +176,14 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(a.threads)
         panels = [load_planted(spec) for spec in a.data]  # all checked before the first fit
-        rows = [json.loads(line) for line in open(a.jsonl)] if a.jsonl and Path(a.jsonl).exists() else []
+        if a.jsonl:
+            check_jsonl(a.jsonl)  # before the first fit, not after it
+        rows = read_jsonl(a.jsonl) if a.jsonl else []
         done = {(*_key(r), int(r["restart"])) for r in rows}
         for spec, panel in zip(a.data, panels):
             for seed in seeds:
                 for i in range(a.restarts):
-                    key = (spec, a.model, json.dumps(overrides, sort_keys=True), seed, i)
+                    key = (spec, a.model, json.dumps(overrides, sort_keys=True), seed, tuple(split), i)
                     if key in done:
                         continue
                     rows.append(fit_row(panel, spec, a.model, overrides, seed, i, split))
@@ -191,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     trials = pairs([r for r in rows if r["model"] == a.model], a.restarts)
     if not trials:
-        print(f"no trial of {a.model} with all {a.restarts} restarts fitted", file=sys.stderr)
-        return 1
+        print(f"error: no trial of {a.model} with all {a.restarts} restarts fitted", file=sys.stderr)
+        return 2
     render(trials, tstats, console)
     return 0
 

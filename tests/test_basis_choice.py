@@ -85,3 +85,14 @@ def test_seed_reaches_every_fit_and_the_row(ten_year_design, monkeypatch, tmp_pa
     assert main(["--data", ten_year_design, "--origins", "1", "--seed", "3", "--jsonl", str(out)]) == 0
     assert seeds == [3] * 4  # two bases, each fitted once and at one rolling origin
     assert json.loads(out.read_text())["seed"] == 3
+
+
+def test_a_panel_too_short_for_the_main_split_and_a_bad_jsonl_are_refused_first(tmp_path, ten_year_design, capsys):
+    short = tmp_path / "six.json"
+    short.write_text(json.dumps({"n_stocks": 50, "n_months": 72, "n_chars": 4}))
+    out = tmp_path / "rows.jsonl"
+    assert main(["--data", ten_year_design, "--data", f"synthetic:{short}", "--origins", "0", "--jsonl", str(out)]) == 2
+    assert "6 years leave no training year before 3 validation" in capsys.readouterr().err
+    assert not out.exists()  # the ten-year panel was not fitted first
+    assert main(["--data", ten_year_design, "--jsonl", str(tmp_path / "no" / "rows.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -109,3 +109,24 @@ def test_the_study_resumes_from_its_rows_and_refuses_bad_options(ten_year_design
                       (["--configs", "[1]"], "expected a JSON object"), ([], "give --data")):  # fmt: skip
         assert main(bad if not bad else ["--data", ten_year_design, *bad]) == 2
         assert says in capsys.readouterr().err
+
+
+def test_a_fit_is_keyed_by_its_split_and_the_rows_file_is_read_with_care(tmp_path, capsys):
+    """Rows of another --split are other fits (they were skipped as done and reported as
+    this split's); a bad --jsonl is one error naming the line, a killed run's cut last line
+    is dropped, and a --jsonl in a missing folder is refused before any fit."""
+    from restarts import _key
+
+    row = dict(panel="synthetic", model="rvrae", config={}, seed=0, restart=0)
+    assert _key({**row, "split": [6, 2, 2]}) != _key({**row, "split": [15, 3, 3]}) == _key(row)
+    good = dict(row, valid_series=[0.01, 0.02], valid=0.015, test=0.05, true_test=0.5, r2_total=0.1,
+                model_seed=0, epochs=1, seconds=1.0)  # fmt: skip
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps(good) + "\n" + json.dumps({**good, "restart": 1}) + "\n" + '{"panel": "syn')
+    assert main(["--model", "rvrae", "--jsonl", str(rows)]) == 0  # the cut line is a fit that never ended
+    capsys.readouterr()
+    rows.write_text("not json\n" + json.dumps(good) + "\n")
+    assert main(["--model", "rvrae", "--jsonl", str(rows)]) == 2
+    assert "line 1 is not JSON" in capsys.readouterr().err
+    assert main(["--data", "synthetic", "--jsonl", str(tmp_path / "no" / "rows.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
