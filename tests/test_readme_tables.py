@@ -113,3 +113,25 @@ def test_unseen_share_tables_bold_the_best_only_when_all_six_are_there_and_check
     assert check_cells(doc, moved) == ["total R² share, A, IPCA: document 91 %, results 90 %",
                                        "Rank IC share, A, IPCA: document 91 %, results 90 %"]
     assert check_cells(doc.replace("| B |", "| B2 |"), part) == ["row missing: " + part[0][3], "row missing: " + part[1][3]]
+
+
+def test_one_model_in_two_folders_of_a_panel_is_refused(tmp_path):
+    """A model in both of a panel's folders (P and P_seq): its rows were concatenated under one
+    label, and the table's aggregation crashed (a duplicate index) or took either silently."""
+    import pytest
+
+    from rvrae.errors import UserError
+    from rvrae.identity import StudyIdentity
+    from rvrae.results.readme import panel_table
+    from rvrae.results.store import write_row
+
+    ident = StudyIdentity("f00d", "synthetic", (15, 3, 3), 0).columns()
+    for folder, models in (("p", ("ipca", "ca")), ("p_seq", ("alstm", "ipca"))):
+        for model in models:
+            for s in range(2):
+                write_row(tmp_path / folder, dict(study="benchmark", model=model, seed=s, m=0, trial_id=f"{model}{s}",
+                                                   config={}, r2_total=0.1 + s / 100, rank_ic=0.05, **ident))  # fmt: skip
+    with pytest.raises(UserError, match="p_seq: holds ipca"):
+        panel_table(tmp_path / "p", tmp_path / "p_seq")
+    t = panel_table(tmp_path / "p")
+    assert list(t.frame.index) == ["ipca", "ca"]

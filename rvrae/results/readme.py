@@ -63,6 +63,9 @@ def panel_table(*folders: Path) -> Table:
             merged = t
             continue
         new = t.frame.drop(index=[ORACLE], errors="ignore")
+        twice = sorted(set(new.index) & set(merged.frame.index))
+        if twice:  # one model's rows in both folders: which are the README's? (never mixed)
+            raise UserError(f"{folder}: holds {', '.join(twice)}, which another folder of this panel holds too")
         merged.frame = pd.concat([merged.frame, new.reindex(columns=merged.frame.columns)])
         merged.share.update({k: v for k, v in t.share.items() if k[0] != ORACLE})
     assert merged is not None
