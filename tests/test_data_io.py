@@ -325,6 +325,9 @@ def test_large_characteristics_keep_their_order(tmp_path):
     me = load_panel(npz).chars[..., 0]
     for t in range(2):
         assert list(me[t]) == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    raw[:, :, 1] = 1e300 * np.arange(1, 6)  # finite in float64, inf in float32: still a value
+    np.savez(npz, data=raw, date=np.asarray([20010115, 20010215]), permno=np.arange(1, 6), variable=np.asarray(["RET", "me"]))
+    assert list(load_panel(npz).chars[0, :, 0]) == [-1.0, -0.5, 0.0, 0.5, 1.0]
 
 
 def test_a_repeated_csv_column_is_refused(tmp_path, capsys):

@@ -587,7 +587,8 @@ def _read_npz(path: Path, chars) -> tuple:
         full = month[order]
     pos = np.searchsorted(full, month)
     Tf = len(full)
-    raw = data.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range: handled below
+        raw = data.astype(np.float32, copy=False)
     miss = np.isclose(raw, NPZ_MISSING) | np.isnan(raw)
     r = raw[..., 0]
     if np.isinf(r[~miss[..., 0]]).any():
@@ -599,7 +600,8 @@ def _read_npz(path: Path, chars) -> tuple:
     ret[pos] = np.where(miss[..., 0], 0.0, r)
     x = np.full((Tf, N, P - 1), np.nan, dtype=np.float32)
     xc = np.where(miss[..., 1:], np.nan, raw[..., 1:])
-    if np.isinf(xc).any():
+    # inf in the file's own dtype (a float64 beyond float32's range is a value, kept in order below)
+    if np.isinf(np.where(miss[..., 1:], 0.0, data[..., 1:])).any():
         raise UserError(f"{name}: inf in the characteristics of the .npz 'data'")
     if data.dtype != np.float32:  # a wider dtype: cast each characteristic keeping its order,
         for p in range(1, P):  # as the long reader does (ranks follow; ties must not appear)
