@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The local CPU build; any newer torch would download several GB of CUDA wheels.
+	# torch first, pinned: this machine's wheel folder has the CPU build of 2.13.0 (PyPI's Linux
+	# wheel is the CUDA build, several GB: the README's Install says how to get the CPU one).
 	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.4,<2.15"
 	# The Ray the cluster's image ships (the `cluster` extra's pin; tests/test_cluster.py keeps
 	# them in step), so a new Ray release cannot change what `make test` runs.

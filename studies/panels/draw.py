@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +38,29 @@ def draw(rng: np.random.Generator) -> dict:
     )  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=20261128)
     ap.add_argument("--names", default="IJKLMNOP", help="one letter per design, drawn in this order")
     ap.add_argument("--out", default=str(Path(__file__).parent))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    # checked before anything is written: a repeated name would overwrite its own design
+    twice = sorted({c for c in args.names if args.names.count(c) > 1})
+    if twice or not args.names:
+        print(f"error: --names {args.names!r}: one distinct letter per design", file=sys.stderr)
+        return 2
+    if not Path(args.out).is_dir():
+        print(f"error: --out {args.out}: no such folder", file=sys.stderr)
+        return 2
     rng = np.random.default_rng(args.seed)
     for name in args.names:
         path = Path(args.out) / f"{name}.json"
-        path.write_text(json.dumps(draw(rng), indent=2) + "\n")
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(draw(rng), indent=2) + "\n")
+        os.replace(tmp, path)  # a design file is whole or absent
         print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
