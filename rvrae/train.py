@@ -1,8 +1,10 @@
 """The one training loop every neural model uses (SPEC §3).
 
 Adam over months (one cross-section or a few per step), gradient clipping, early stopping on
-the validation loss with patience and restore of the best weights, deterministic seeding, CPU
-or CUDA, and an optional per-epoch progress callback (the study harness reports it to Tune).
+the validation loss with patience and restore of the best weights, seeding on CPU or CUDA
+(identical numbers for the same seed, data and thread count on a CPU; on CUDA cuDNN's
+recurrent kernels are not bitwise reproducible, so a GPU rerun can differ in the last
+digits), and an optional per-epoch progress callback (the study harness reports it to Tune).
 Nothing model-specific lives here: a model supplies `loss(batch) -> scalar` only.
 """
 
