@@ -188,3 +188,18 @@ def test_case_s_runs_its_fits_side_by_side_and_reports_the_throughput(tmp_path):
         run_speed("sx", out=tmp_path, sizes=sizes)
     with pytest.raises(UserError, match="--models"):
         run_speed("s", out=None, sizes=sizes, models=("rvrae", "lstm"))
+
+
+def test_studies_bench_ipca_refuses_sizes_it_cannot_fit(capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))
+    try:
+        from bench_ipca import main as bench_ipca_main
+    finally:
+        sys.path.pop(0)
+    for argv, says in ((["--stocks", "1"], "--stocks must be at least 2"), (["--chars", "3", "--k", "5"], "--chars"),
+                       (["--months", "5", "--k", "5"], "--months")):  # fmt: skip
+        assert bench_ipca_main(argv) == 2, argv
+        assert says in capsys.readouterr().err
