@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec, panel in zip(a.data, panels):
             for seed in seeds:
                 for i in range(a.restarts):
-                    key = (spec, a.model, json.dumps(overrides, sort_keys=True), seed, tuple(split), i)
+                    key = (*_key(dict(panel=spec, model=a.model, config=overrides, seed=seed, split=split)), i)
                     if key in done:
                         continue
                     rows.append(fit_row(panel, spec, a.model, overrides, seed, i, split))

@@ -599,14 +599,14 @@ def _read_npz(path: Path, chars) -> tuple:
     mask[pos] = ~miss[..., 0]
     ret[pos] = np.where(miss[..., 0], 0.0, r)
     x = np.full((Tf, N, P - 1), np.nan, dtype=np.float32)
-    xc = np.where(miss[..., 1:], np.nan, raw[..., 1:])
     # inf in the file's own dtype (a float64 beyond float32's range is a value, kept in order below)
     if np.isinf(np.where(miss[..., 1:], 0.0, data[..., 1:])).any():
         raise UserError(f"{name}: inf in the characteristics of the .npz 'data'")
-    if data.dtype != np.float32:  # a wider dtype: cast each characteristic keeping its order,
-        for p in range(1, P):  # as the long reader does (ranks follow; ties must not appear)
-            xc[..., p - 1] = _order_exact_float32(np.where(miss[..., p], np.nan, data[..., p].astype(np.float64)))
-    x[pos] = xc
+    if data.dtype == np.float32:
+        x[pos] = np.where(miss[..., 1:], np.nan, raw[..., 1:])
+    else:  # a wider dtype: cast each characteristic keeping its order, as the long reader
+        for p in range(1, P):  # does (ranks follow; the cast must not tie distinct values)
+            x[pos, :, p - 1] = _order_exact_float32(np.where(miss[..., p], np.nan, data[..., p].astype(np.float64)))
     ids = np.asarray([str(p) for p in permno]) if permno is not None else np.asarray([str(i) for i in range(N)])
     if chars is not None:
         absent = [c for c in chars if c not in names]

@@ -27,7 +27,6 @@ from rvrae.errors import UserError
 from rvrae.results.render import model_label
 from rvrae.results.store import read_results
 from rvrae.metrics import span_factor
-from rvrae.identity import key_of
 from rvrae.results.tables import (_config_rows, identities, of_identities, ok_rows, order_rows, select_identity,
                                   studies_with_identity, tune_objective)
 
@@ -76,14 +75,15 @@ def where(rows: pd.DataFrame) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def _one_identity(ok: pd.DataFrame, study: str, identity: int | None) -> pd.DataFrame:
-    """`study`'s rows of one identity (`make_plots` has already kept that one); a grid's model
+def _one_identity(ok: pd.DataFrame, study: str) -> pd.DataFrame:
+    """`study`'s rows, of one identity (`make_plots` has already kept that one; rows of
+    several are a UserError here, for a direct caller); a grid's model
     run under several configs is one line per config, as the tables' rows are (`_config_rows`:
     two configs are never one mean). Tune's trials are its configs: one line per model."""
     rows = ok[ok["study"] == study]
     if rows.empty:
         return rows
-    rows = select_identity(rows, identity, one=True, what=f"a {study} figure")[0]
+    rows = select_identity(rows, None, one=True, what=f"a {study} figure")[0]
     return rows if study == "tune" else _config_rows(rows)
 
 
@@ -102,10 +102,10 @@ def _style(model: str) -> dict:
     return {"color": "black", "ls": "--"} if model == ORACLE else {}
 
 
-def _plot_long_short(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
+def _plot_long_short(ok: pd.DataFrame, plt, save) -> Path | None:
     if "ls_gross" not in ok.columns:
         return None
-    rows = _one_identity(ok, "benchmark", identity)
+    rows = _one_identity(ok, "benchmark")
     if rows.empty:
         return None
     if (rows["m"] == 0).any():
@@ -137,8 +137,8 @@ def _plot_long_short(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
     return save(fig, "cumulative_long_short")
 
 
-def _plot_rank_ic_by_m(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
-    rows = _one_identity(ok, "robustness", identity)
+def _plot_rank_ic_by_m(ok: pd.DataFrame, plt, save) -> Path | None:
+    rows = _one_identity(ok, "robustness")
     rows = rows[rows["m"] > 0] if len(rows) else rows
     if "omitted_rank_ic" not in rows.columns or not rows["omitted_rank_ic"].notna().any():
         return None
@@ -158,13 +158,13 @@ def _plot_rank_ic_by_m(ok: pd.DataFrame, plt, save, identity=None) -> Path | Non
     return save(fig, "rank_ic_by_m")
 
 
-def _plot_beta_span(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
+def _plot_beta_span(ok: pd.DataFrame, plt, save) -> Path | None:
     """On a planted panel: how much of each true factor's betas each model's betas span
     (`span_r2_<k>`, rvrae.metrics.span_r2), mean ± std over the benchmark's seeds, one group of
     bars per true factor."""
     from rvrae.results.oracle import ORACLE
 
-    rows = _one_identity(ok, "benchmark", identity)
+    rows = _one_identity(ok, "benchmark")
     cols = sorted((c for c in rows.columns if span_factor(c)), key=lambda c: int(span_factor(c)))
     if not cols:
         return None
@@ -187,10 +187,10 @@ def _plot_beta_span(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
     return save(fig, "beta_span")
 
 
-def _plot_tune_history(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
+def _plot_tune_history(ok: pd.DataFrame, plt, save) -> Path | None:
     from matplotlib.ticker import MaxNLocator
 
-    rows = _one_identity(ok, "tune", identity)
+    rows = _one_identity(ok, "tune")
     if rows.empty:
         return None
     objective, mode = tune_objective(rows)
@@ -234,7 +234,7 @@ def _curves(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {k: pd.concat(v, axis=1) for k, v in out.items() if v}
 
 
-def _plot_learning_curves(ok: pd.DataFrame, plt, save, identity=None) -> Path | None:
+def _plot_learning_curves(ok: pd.DataFrame, plt, save) -> Path | None:
     """Train and valid loss per epoch, one panel per neural model: the mean over seeds with a
     band of ± one std (seeds that stopped early leave the mean at their last epoch)."""
     from matplotlib.ticker import MaxNLocator
@@ -242,7 +242,7 @@ def _plot_learning_curves(ok: pd.DataFrame, plt, save, identity=None) -> Path | 
     if "history" not in ok.columns:
         return None
     for study in ("benchmark", "robustness"):
-        rows = _one_identity(ok, study, identity)
+        rows = _one_identity(ok, study)
         rows = rows[rows["history"].fillna("").astype(str).str.len() > 2] if not rows.empty else rows
         if not rows.empty:
             break
@@ -287,13 +287,9 @@ def make_plots(results_dir: str | Path, out_dir: str | Path, fmt: str = "png", i
     # them: --identity N names the same data in both commands. The chosen one per study:
     present = [s for s in ("benchmark", "robustness", "tune") if (rows["study"] == s).any()]
     kept = studies_with_identity(rows, present, identity)
-    chosen = set()
-    for s in kept:  # several identities without a choice: UserError now
-        group = select_identity(rows[rows["study"] == s], identity, one=True, what=f"a {s} figure")[0]
-        chosen.add((s, key_of(group.iloc[0])))
-    ok = _with_oracle(ok_rows(rows[[(str(r["study"]), key_of(r)) in chosen for r in rows.to_dict("records")]]),
-                      results_dir)  # fmt: skip
-    identity = None  # one identity per study is left
+    # several identities without a choice: UserError now
+    groups = [select_identity(rows[rows["study"] == s], identity, one=True, what=f"a {s} figure")[0] for s in kept]
+    ok = _with_oracle(ok_rows(pd.concat(groups) if groups else rows.iloc[0:0]), results_dir)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file, not a folder")
@@ -321,7 +317,7 @@ def make_plots(results_dir: str | Path, out_dir: str | Path, fmt: str = "png", i
 
     figures = (_plot_long_short, _plot_rank_ic_by_m, _plot_beta_span, _plot_tune_history, _plot_learning_curves)
     try:
-        paths = [p for p in (f(ok, plt, save, identity) for f in figures) if p]
+        paths = [p for p in (f(ok, plt, save) for f in figures) if p]
     except OSError as e:
         undo()
         raise UserError(f"--out {str(out)!r}: cannot write a figure ({e.strerror or e})") from None

@@ -217,15 +217,16 @@ def _check_metrics(df: pd.DataFrame, metrics: list[str]) -> None:
     """A name is unknown only if no row of the folder has it and it is not a metric the harness
     writes: one that a study lacks (omitted_* at m = 0) or has no value for is simply not shown
     there."""
+    def avail() -> str:
+        return ", ".join(_numeric_columns(ok_rows(df)) or METRIC_COLUMNS)
+
     for m in metrics:
         if m not in df.columns and m not in METRIC_COLUMNS:
-            avail = [c for c in _numeric_columns(ok_rows(df))] or list(METRIC_COLUMNS)
-            raise UserError(f"unknown metric {m!r} (available: {', '.join(avail)})")
+            raise UserError(f"unknown metric {m!r} (available: {avail()})")
         # a key (the table's own rows and columns) or a text column is no mean(std)
         if m in ("seed", "m") or m in df.columns and m not in METRIC_COLUMNS and not (
                 pd.api.types.is_numeric_dtype(df[m]) and not pd.api.types.is_bool_dtype(df[m])):
-            avail = [c for c in _numeric_columns(ok_rows(df))] or list(METRIC_COLUMNS)
-            raise UserError(f"--metrics {m!r} is not a numeric metric column (available: {', '.join(avail)})")
+            raise UserError(f"--metrics {m!r} is not a numeric metric column (available: {avail()})")
 
 
 def _benchmark(ok: pd.DataFrame) -> list[Table]:
@@ -313,10 +314,12 @@ def _tune(ok: pd.DataFrame) -> list[Table]:
                 mean[r] = float(top[metric])
                 # what the trial was given (the searched keys and --configs), not every field of
                 # its resolved config (hp_* hold those: 33 for RVRAE); the epoch cap is the study's
-                given = json.loads(top["config"]) if isinstance(top.get("config"), str) and top["config"] else None
-                keys = (sorted(k for k in given if k != "epochs") if given is not None
-                        else [c[3:] for c in sorted(sub.columns) if c.startswith("hp_") and pd.notna(top[c])])
-                best_cfg[r] = ", ".join(f"{k}={_short(top.get('hp_' + k, (given or {}).get(k)))}" for k in keys)
+                if isinstance(top.get("config"), str) and top["config"]:
+                    shown_cfg = {k: canonical_json(v) if isinstance(v, (dict, list)) else v  # as hp_* holds it
+                                 for k, v in json.loads(top["config"]).items() if k != "epochs"}
+                else:  # rows without a config column: their hp_* columns
+                    shown_cfg = {c[3:]: top[c] for c in sub.columns if c.startswith("hp_") and pd.notna(top[c])}
+                best_cfg[r] = ", ".join(f"{k}={_short(shown_cfg[k])}" for k in sorted(shown_cfg))
             n[r] = int(len(ok[ok["model"] == r]))
         col = pd.DataFrame({"mean": pd.Series(mean, dtype=float).reindex(rows)})
         col["std"], col["n"], col["p"], col["sig"] = math.nan, pd.Series(n).reindex(rows), math.nan, False

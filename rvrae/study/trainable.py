@@ -53,13 +53,11 @@ def model_config(config: dict) -> dict:
     hp = dict(config.get("hp") or {})
     hp.update({k: v for k, v in config.items() if k not in RESERVED})
     cap = config["identity"].epoch_cap if "identity" in config else None
-    fields = {f.name for f in dataclasses.fields(get_spec(config["model"]).config_cls)}
+    fields = {f.name: f for f in dataclasses.fields(get_spec(config["model"]).config_cls)}
     if cap is not None and "epochs" in fields:
         # a cap: it lowers the config's epochs (its default, or a --configs value) and never
         # raises them (SPEC §5); to train longer, set `epochs` in --configs
-        own = hp.get("epochs", next(f.default for f in dataclasses.fields(get_spec(config["model"]).config_cls)
-                                    if f.name == "epochs"))  # fmt: skip
-        hp["epochs"] = min(int(cap), int(own))
+        hp["epochs"] = min(int(cap), int(hp.get("epochs", fields["epochs"].default)))
     return hp
 
 
